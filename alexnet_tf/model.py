@@ -1,0 +1,144 @@
+"""AlexNet as in Figure 2 of Krizhevsky, Sutskever and Hinton (2012): two towers.
+
+Tower a ("GPU a") and tower b ("GPU b") each hold half of every layer. They see
+each other's feature maps only at conv3, fc6, fc7 and fc8; everywhere else a
+layer reads its own tower only. With 1000 classes that is 60,965,224 trainable
+parameters (a single-tower AlexNet has 62,378,344).
+
+Every weight layer has a stable name, `conv1_a ... conv5_b, fc6_a ... fc7_b,
+fc8`. Where towers merge, tower a's channels come first. Each tower's layers,
+including the merges that feed it, are built and run on that tower's device
+(see `alexnet_tf.placement`); fc8 runs on tower a's device.
+"""
+
+import itertools
+import math
+
+import keras
+
+from alexnet_tf import placement
+
+PAPER_IMAGE_SIZE = 227
+# The smallest input that still leaves a 1x1 map after pool5.
+MIN_IMAGE_SIZE = 67
+TOWERS = ("a", "b")
+CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+FC_LAYERS = ("fc6", "fc7")
+# The 4096-d fc7 activations of both towers (the paper's Figure 4 features).
+FEATURES_LAYER = "fc7_features"
+
+
+def conv1_padding(image_size):
+    """Zero rows/columns to add at the bottom and right before conv1.
+
+    cuda-convnet sizes a convolution's output as 1 + ceil((image - 11) / 4),
+    letting the last filter column hang over the right edge into zeros. That is
+    how the paper's 224x224 input gives a 55x55 conv1 output: 224 is padded to
+    227 = 54 * 4 + 11 on the bottom and right. A 227 input needs no padding.
+    """
+    out = 1 + math.ceil((image_size - 11) / 4)
+    return (out - 1) * 4 + 11 - image_size
+
+
+def _check_args(num_classes, image_size, width, dropout, seed, name):
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not is_int(num_classes) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not is_int(image_size) or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be an integer >= {MIN_IMAGE_SIZE} (smaller inputs vanish "
+                         f"before pool5), got {image_size!r}; the paper uses 224 or 227")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 16:
+        raise ValueError(f"width must be a number in (0, 16] scaling every layer's filters and units, "
+                         f"got {width!r}; 1.0 is the paper's model")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a rate in [0, 1), got {dropout!r}; the paper uses 0.5")
+    if seed is not None and not is_int(seed):
+        raise ValueError(f"seed must be None or an integer, got {seed!r}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+
+
+def build_alexnet(num_classes=1000, *, image_size=PAPER_IMAGE_SIZE, tower_devices=None, width=1.0,
+                  dropout=0.5, seed=None, name="alexnet"):
+    """The paper's two-tower AlexNet as a Keras functional model returning logits.
+
+    Args:
+      num_classes: size of fc8, the logits.
+      image_size: side of the square RGB input; 227 (Caffe) or the paper's 224
+        (padded as cuda-convnet did, see `conv1_padding`); smaller sizes down to
+        67 make quick test models.
+      tower_devices: None for automatic placement, or a pair of device names
+        (tower a, tower b) such as ("/GPU:0", "/GPU:1"); see
+        `alexnet_tf.placement.resolve_tower_devices`.
+      width: multiplies every layer's filter and unit count (1.0 is the paper;
+        0.125 gives a tiny model for tests).
+      dropout: rate of the dropout after fc6 and fc7.
+      seed: makes initialization and dropout reproducible.
+      name: the model's name.
+    """
+    _check_args(num_classes, image_size, width, dropout, seed, name)
+    devices = dict(zip(TOWERS, placement.resolve_tower_devices(tower_devices)))
+    # One seed per initializer and dropout layer, all derived from `seed`.
+    seeds = itertools.count(seed) if seed is not None else None
+
+    def next_seed():
+        return next(seeds) if seeds is not None else None
+
+    def units(n):
+        return max(1, round(n * width))
+
+    # Paper, Section 5: weights ~ N(0, 0.01^2); biases 1 in conv2, conv4,
+    # conv5 and the hidden FC layers (so their ReLUs start with positive
+    # input), 0 elsewhere.
+    def init(bias):
+        return {"kernel_initializer": keras.initializers.RandomNormal(0.0, 0.01, seed=next_seed()),
+                "bias_initializer": keras.initializers.Constant(bias)}
+
+    def conv(t, layer, x, filters, size, bias, strides=1, padding="same"):
+        return placement.Conv2D(units(filters), size, strides=strides, padding=padding, activation="relu",
+                                name=f"{layer}_{t}", device=devices[t], **init(bias))(x)
+
+    def lrn_pool(t, stage, x):
+        x = placement.LocalResponseNormalization(name=f"norm{stage}_{t}", device=devices[t])(x)
+        return pool(t, stage, x)
+
+    def pool(t, stage, x):
+        # Overlapping pooling: 3x3 windows every 2 pixels (Section 3.4).
+        return placement.MaxPooling2D(3, strides=2, name=f"pool{stage}_{t}", device=devices[t])(x)
+
+    def merge(t, layer, towers):
+        """Both towers' outputs, a then b, gathered on tower t's device."""
+        return placement.Concatenate(axis=-1, name=f"{layer}_{t}", device=devices[t])(
+            [towers["a"], towers["b"]])
+
+    def fc(t, layer, x, n, bias):
+        x = placement.Dense(units(n), activation="relu", name=f"{layer}_{t}", device=devices[t], **init(bias))(x)
+        return placement.Dropout(dropout, seed=next_seed(), name=f"drop{layer[2:]}_{t}", device=devices[t])(x)
+
+    images = keras.Input((image_size, image_size, 3), name="images")
+    x = images
+    if pad := conv1_padding(image_size):
+        x = keras.layers.ZeroPadding2D(((0, pad), (0, pad)), name="conv1_pad")(x)
+
+    h = {t: lrn_pool(t, 1, conv(t, "conv1", x, 48, 11, bias=0.0, strides=4, padding="valid")) for t in TOWERS}
+    h = {t: lrn_pool(t, 2, conv(t, "conv2", h[t], 128, 5, bias=1.0)) for t in TOWERS}
+    h = {t: conv(t, "conv3", merge(t, "merge3", h), 192, 3, bias=0.0) for t in TOWERS}
+    h = {t: conv(t, "conv4", h[t], 192, 3, bias=1.0) for t in TOWERS}
+    h = {t: pool(t, 5, conv(t, "conv5", h[t], 128, 3, bias=1.0)) for t in TOWERS}
+    # fc6 sees both towers' pool5 as one 6x6x256 map, flattened row-major (NHWC).
+    h = {t: placement.Flatten(name=f"flatten6_{t}", device=devices[t])(merge(t, "merge6", h)) for t in TOWERS}
+    h = {t: fc(t, "fc6", h[t], 2048, bias=1.0) for t in TOWERS}
+    h = {t: fc(t, "fc7", merge(t, "merge7", h), 2048, bias=1.0) for t in TOWERS}
+    features = placement.Concatenate(axis=-1, name=FEATURES_LAYER, device=devices["a"])([h["a"], h["b"]])
+    logits = placement.Dense(num_classes, name="fc8", device=devices["a"], **init(0.0))(features)
+    # Logits in float32 whatever the mixed-precision policy, so losses and
+    # softmax downstream never run in half precision.
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+    return keras.Model(images, logits, name=name)
+
+
+def weight_layer_names():
+    """Names of the layers that hold weights, in forward order."""
+    return [f"{layer}_{t}" for layer in CONV_LAYERS + FC_LAYERS for t in TOWERS] + ["fc8"]
