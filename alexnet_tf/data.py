@@ -1,0 +1,335 @@
+"""Datasets and input pipelines for training and evaluation.
+
+A dataset is named by a string (the train script's `--dataset`):
+
+- `alexnet_shapes` (the default): the embedded offline dataset, a TFDS builder
+  inside this package (`alexnet_tf.datasets`), generated on first use.
+- `imagenet2012`: TFDS, built from the official ILSVRC2012 tars in the manual
+  dir (`<data_dir>/downloads/manual/`); see the README.
+- any other TFDS image-classification dataset (`imagenette`,
+  `imagenet2012_subset/1pct`, ...), downloaded by TFDS where the machine can.
+- `folder:PATH`: one sub-folder per class, either under `PATH/train` and
+  `PATH/val`, or directly under PATH with a held-out fraction for validation.
+
+`load_dataset` returns a `Source`: encoded image bytes and integer labels for
+the train and validation splits, with the class names. `train_pipeline` and
+`eval_pipeline` turn those into batches with the paper's preprocessing.
+"""
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from alexnet_tf import preprocessing
+
+EMBEDDED_DATASET = "alexnet_shapes"
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif")
+
+# ImageNet's published RGB statistics (0..255 scale), used for imagenet2012
+# unless computed ones are stored: the per-channel mean, and the eigenvalues
+# and eigenvectors (columns) of the RGB covariance over the training set, as
+# published with fb.resnet.torch's re-implementation of the paper's lighting.
+IMAGENET_STATISTICS = {
+    "mean": [123.68, 116.779, 103.939],
+    "eigval": [0.2175 * 255, 0.0188 * 255, 0.0045 * 255],
+    "eigvec": [[-0.5675, 0.7192, 0.4009],
+               [-0.5808, -0.0045, -0.8140],
+               [-0.5836, -0.6948, 0.4203]],
+}
+
+
+@dataclasses.dataclass
+class Source:
+    """A dataset as encoded images: `train` and `validation` yield (image bytes, int64 label)."""
+    name: str
+    class_names: list
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    num_train: int
+    num_validation: int
+    # Files that could not be used, as (path, reason); folder datasets only.
+    skipped: list = dataclasses.field(default_factory=list)
+    # Files that were usable after conversion, as (path, what was done).
+    converted: list = dataclasses.field(default_factory=list)
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+
+class DatasetError(ValueError):
+    """A dataset name or folder that cannot be used; the message says why."""
+
+
+def default_data_dir():
+    return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+
+
+def imagenet_class_names():
+    """(synsets, human-readable names) of ImageNet's 1000 classes, in label order, shipped in the package."""
+    rows = [line.split("\t") for line in
+            (Path(__file__).with_name("imagenet_classes.tsv")).read_text().splitlines()
+            if line and not line.startswith("#")]
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
+def load_dataset(name, data_dir=None, *, val_fraction=0.05, seed=0, download=True):
+    """The dataset called `name` (see the module docstring) as a `Source`."""
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"dataset must be a name such as '{EMBEDDED_DATASET}', 'imagenet2012' or "
+                           f"'folder:PATH', got {name!r}")
+    if name.startswith("folder:"):
+        return load_folder(name[len("folder:"):], val_fraction=val_fraction, seed=seed)
+    return load_tfds(name, data_dir, val_fraction=val_fraction, download=download)
+
+
+def load_tfds(name, data_dir=None, *, val_fraction=0.05, download=True):
+    import tensorflow_datasets as tfds
+    import alexnet_tf.datasets  # noqa: F401  registers alexnet_shapes
+
+    data_dir = data_dir or default_data_dir()
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # TFDS raises several types for unknown names
+        raise DatasetError(f"--dataset={name}: not a TFDS dataset this installation knows ({e}); "
+                           f"use '{EMBEDDED_DATASET}', a TFDS name, or 'folder:PATH'") from None
+    if download:
+        try:
+            builder.download_and_prepare()
+        except AssertionError as e:  # TFDS's way of saying the manual files are missing
+            raise DatasetError(f"--dataset={name}: {e}") from None
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise DatasetError(f"--dataset={name}: not an image-classification dataset "
+                           f"(it has features {sorted(features.keys())}, needs 'image' and 'label')")
+    splits = builder.info.splits
+    if "train" not in splits:
+        raise DatasetError(f"--dataset={name}: has no 'train' split (splits: {sorted(splits.keys())})")
+    eval_split = next((s for s in ("validation", "test") if s in splits), None)
+    train_split = "train"
+    if eval_split is None:
+        held_out = max(1, int(round(val_fraction * 100)))
+        train_split, eval_split = f"train[:{100 - held_out}%]", f"train[{100 - held_out}%:]"
+
+    def as_pairs(split):
+        ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()},
+                                shuffle_files=split.startswith("train"))
+        return ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int64)))
+
+    names = list(features["label"].names)
+    if name.split("/")[0].split(":")[0] in ("imagenet2012", "imagenet2012_subset"):
+        synsets, readable = imagenet_class_names()
+        lookup = dict(zip(synsets, readable))
+        names = [lookup.get(n, n) for n in names]
+    return Source(name=name, class_names=names, train=as_pairs(train_split), validation=as_pairs(eval_split),
+                  num_train=builder.info.splits[train_split].num_examples,
+                  num_validation=builder.info.splits[eval_split].num_examples)
+
+
+# ----------------------------------------------------------------------------
+# Folder datasets and bad files
+# ----------------------------------------------------------------------------
+
+def check_image(path):
+    """(ok, note) for one file: decodes it fully, as training will.
+
+    note is None for an ordinary RGB image, says what conversion the pipeline
+    applies to a usable odd one (grayscale, CMYK, a PNG named .JPEG), or why
+    an unusable file is skipped (empty, truncated, not an image).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return False, f"unreadable ({e.strerror})"
+    if not data:
+        return False, "empty file (0 bytes)"
+    try:
+        image = tf.io.decode_image(data, channels=0, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+        reason = e.message.splitlines()[0]
+        if "Unknown image file format" in reason:
+            return False, "not an image"
+        return False, f"corrupt or truncated image ({reason})"
+    notes = []
+    is_jpeg = bool(tf.io.is_jpeg(data))
+    if is_jpeg:
+        channels = int(tf.image.extract_jpeg_shape(data)[2])
+        if channels == 4:
+            notes.append("CMYK JPEG converted to RGB")
+    else:
+        channels = int(image.shape[-1])
+        if Path(path).suffix.lower() in (".jpeg", ".jpg"):
+            notes.append("not a JPEG despite its name; decoded by content")
+    if channels == 1:
+        notes.append("grayscale converted to RGB")
+    elif channels == 2 or (channels == 4 and not is_jpeg):
+        notes.append("alpha channel dropped")
+    return True, "; ".join(notes) or None
+
+
+def _class_files(root):
+    """{class name: [files]} for the sub-folders of root, or an error naming what is wrong."""
+    if not root.is_dir():
+        raise DatasetError(f"folder dataset {str(root)!r} does not exist or is not a folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"folder dataset {str(root)!r} has no class sub-folders; expected one folder per "
+                           f"class (or train/ and val/ holding them)")
+    return {c: sorted(str(p) for p in (root / c).rglob("*") if p.is_file() and not p.name.startswith("."))
+            for c in classes}
+
+
+def scan_files(files, workers=8):
+    """Checks every file; returns (usable [(path, label)], skipped [(path, why)], converted [(path, what)])."""
+    usable, skipped, converted = [], [], []
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for (path, label), (ok, note) in zip(files, pool.map(lambda f: check_image(f[0]), files)):
+            if not ok:
+                skipped.append((path, note))
+                continue
+            usable.append((path, label))
+            if note:
+                converted.append((path, note))
+    return usable, skipped, converted
+
+
+def load_folder(path, *, val_fraction=0.05, seed=0):
+    root = Path(path).expanduser()
+    if (root / "train").is_dir():
+        train_classes = _class_files(root / "train")
+        if not (root / "val").is_dir():
+            raise DatasetError(f"folder dataset {str(root)!r} has train/ but no val/ folder")
+        val_classes = _class_files(root / "val")
+        if unknown := sorted(set(val_classes) - set(train_classes)):
+            raise DatasetError(f"folder dataset {str(root)!r}: val/ has classes not in train/: {unknown}")
+        names = sorted(train_classes)
+        index = {c: i for i, c in enumerate(names)}
+        train = [(f, index[c]) for c in names for f in train_classes[c]]
+        val = [(f, index[c]) for c in val_classes for f in val_classes[c]]
+    else:
+        if not 0 < val_fraction < 1:
+            raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        classes = _class_files(root)
+        names = sorted(classes)
+        train, val = [], []
+        for label, c in enumerate(names):
+            files = list(classes[c])
+            random.Random(f"{seed}/{c}").shuffle(files)  # a fixed split, whatever the machine
+            n_val = max(1, int(round(val_fraction * len(files)))) if len(files) > 1 else 0
+            val += [(f, label) for f in files[:n_val]]
+            train += [(f, label) for f in files[n_val:]]
+    train, skipped_t, converted_t = scan_files(train)
+    val, skipped_v, converted_v = scan_files(val)
+    if not train:
+        raise DatasetError(f"folder dataset {str(root)!r} has no usable training images "
+                           f"({len(skipped_t)} files skipped)")
+
+    def pairs(items):
+        paths = [p for p, _ in items]
+        labels = np.array([l for _, l in items], np.int64)
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+        return ds.map(lambda p, l: (tf.io.read_file(p), l), num_parallel_calls=tf.data.AUTOTUNE)
+
+    return Source(name=f"folder:{root}", class_names=names, train=pairs(train), validation=pairs(val),
+                  num_train=len(train), num_validation=len(val),
+                  skipped=skipped_t + skipped_v, converted=converted_t + converted_v)
+
+
+# ----------------------------------------------------------------------------
+# Statistics: mean and PCA colour basis over the training split
+# ----------------------------------------------------------------------------
+
+def compute_statistics(images, max_images=2000, pixels_per_image=1024, seed=0):
+    """Per-channel mean and the RGB covariance's eigen-decomposition over `images` (encoded bytes).
+
+    Each image is decoded as training sees it (central 256x256) and a random
+    sample of its pixels enters the covariance.
+    """
+    rng = np.random.default_rng(seed)
+    decoded = images.take(max_images).map(preprocessing.decode_center_256, num_parallel_calls=tf.data.AUTOTUNE)
+    total, count, samples = np.zeros(3), 0, []
+    for image in decoded.as_numpy_iterator():
+        pixels = image.reshape(-1, 3).astype(np.float64)
+        total += pixels.sum(0)
+        count += len(pixels)
+        samples.append(pixels[rng.choice(len(pixels), min(pixels_per_image, len(pixels)), replace=False)])
+    if not count:
+        raise DatasetError("cannot compute statistics over an empty training split")
+    # The paper's eigenvalues are those of the covariance of RGB values in
+    # [0, 1] (in 0..255 units the shift would be hundreds of levels); they are
+    # stored times 255, the units in which the pipeline adds the shift, as
+    # IMAGENET_STATISTICS are.
+    eigval, eigvec = np.linalg.eigh(np.cov(np.concatenate(samples) / 255.0, rowvar=False))
+    order = np.argsort(eigval)[::-1]
+    return {"mean": (total / count).tolist(), "eigval": (255.0 * np.maximum(eigval[order], 0)).tolist(),
+            "eigvec": eigvec[:, order].tolist(), "images": len(samples)}
+
+
+def _statistics_path(source_name, data_dir):
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in source_name.strip("/"))
+    return Path(data_dir or default_data_dir()) / "alexnet_tf_statistics" / f"{safe}.json"
+
+
+def dataset_statistics(source, data_dir=None, *, recompute=False, max_images=2000, log=print):
+    """The statistics the pipeline subtracts and augments with, stored beside the dataset.
+
+    Read from `<data_dir>/alexnet_tf_statistics/<name>.json` if present;
+    otherwise ImageNet's published values for imagenet2012, or computed over
+    the training split (up to `max_images` images) and stored there.
+    """
+    path = _statistics_path(source.name, data_dir)
+    if path.exists() and not recompute:
+        return json.loads(path.read_text())
+    if source.name.split("/")[0] in ("imagenet2012", "imagenet2012_subset") and not recompute:
+        return dict(IMAGENET_STATISTICS)
+    log(f"computing mean and PCA colour basis of {source.name} over up to {max_images} training images")
+    stats = compute_statistics(source.train.map(lambda image, label: image), max_images=max_images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(stats, indent=2))
+    tmp.replace(path)
+    log(f"stored statistics in {path}")
+    return stats
+
+
+# ----------------------------------------------------------------------------
+# Pipelines
+# ----------------------------------------------------------------------------
+
+def train_pipeline(examples, stats, *, batch_size, crop=227, resize=preprocessing.RESIZE, seed=0,
+                   shuffle_buffer=10_000, deterministic=False):
+    """Endless shuffled batches of (augmented image, label) from (image bytes, label) examples.
+
+    Images are resized to `resize` (the paper's 256) before the random crop.
+    Each example's crop, flip and colour shift come from a seed derived from
+    (`seed`, its position in the stream), so with `deterministic=True` the
+    batches are exactly reproducible; otherwise map results may arrive out of
+    order, which is faster. Pass a different `seed` on every (re)start.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    view = lambda index, image: preprocessing.train_view(  # noqa: E731
+        image, tf.stack([tf.constant(seed, tf.int64), index]), crop=crop, resize=resize,
+        mean=stats["mean"], eigval=stats["eigval"], eigvec=stats["eigvec"])
+    ds = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.enumerate().map(lambda i, ex: (view(i, ex[0]), ex[1]), num_parallel_calls=tf.data.AUTOTUNE)
+    # A file that breaks after the scan must not end a long run; TF logs it.
+    ds = ds.ignore_errors(log_warning=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def eval_pipeline(examples, stats, *, batch_size, crop=227, resize=preprocessing.RESIZE, ten_crop=False):
+    """One pass of (centre crop or [10 views], label) batches, in order."""
+    view = lambda image: preprocessing.eval_view(image, crop=crop, resize=resize, mean=stats["mean"],  # noqa: E731
+                                                 ten_crop=ten_crop)
+    ds = examples.map(lambda image, label: (view(image), label),
+                      num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,99 @@
+"""The paper's image preprocessing (Sections 2 and 4.1), as pure TensorFlow functions.
+
+Every function works on one image, eagerly or inside `Dataset.map`. Images are
+float32 RGB in [0, 255] until the mean is subtracted.
+
+- `decode_center_256`: rescale the shorter side to 256 and take the central
+  256x256. The central square is cut while decoding (`decode_and_crop_jpeg`),
+  so a 500x375 JPEG decodes only 375x375 pixels.
+- Training: a random 227 (or 224) crop, a horizontal flip with probability
+  1/2, and the "fancy PCA" colour augmentation.
+- Evaluation: the centre crop, or the ten views (four corners, centre, and
+  their mirror images) whose softmax outputs the paper averages.
+"""
+
+import tensorflow as tf
+
+RESIZE = 256
+
+
+def _central_square(height, width):
+    side = tf.minimum(height, width)
+    return (height - side) // 2, (width - side) // 2, side
+
+
+def decode_center_256(image_bytes, size=RESIZE):
+    """Encoded image (JPEG, PNG, GIF, BMP) -> float32 [size, size, 3]: the central square, resized.
+
+    JPEGs decode only the central square. Other formats, and JPEGs stored under
+    any name, are decoded by content; grayscale and CMYK become RGB.
+    """
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(image_bytes)
+        top, left, side = _central_square(shape[0], shape[1])
+        return tf.image.decode_and_crop_jpeg(image_bytes, tf.stack([top, left, side, side]), channels=3)
+
+    def other():
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        shape = tf.shape(image)
+        top, left, side = _central_square(shape[0], shape[1])
+        return image[top:top + side, left:left + side]
+
+    square = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+    square.set_shape([None, None, 3])
+    return tf.image.resize(tf.cast(square, tf.float32), (size, size), method="bilinear", antialias=True)
+
+
+def random_crop_and_flip(image, crop, seed):
+    """A random crop x crop patch, mirrored left-right with probability 1/2. `seed`: shape [2] int."""
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    patch = tf.image.stateless_random_crop(image, (crop, crop, 3), seed=crop_seed)
+    return tf.image.stateless_random_flip_left_right(patch, seed=flip_seed)
+
+
+def pca_lighting(image, eigval, eigvec, alpha):
+    """Adds eigvec @ (alpha * eigval) to every pixel (paper, Section 4.1).
+
+    eigval: [3] eigenvalues of the RGB covariance; eigvec: [3, 3] with the
+    eigenvectors as columns; alpha: [3], drawn from N(0, 0.1) once per image.
+    """
+    eigvec = tf.convert_to_tensor(eigvec, tf.float32)
+    delta = tf.linalg.matvec(eigvec, tf.cast(alpha, tf.float32) * tf.convert_to_tensor(eigval, tf.float32))
+    return image + delta
+
+
+def random_pca_lighting(image, eigval, eigvec, seed, stddev=0.1):
+    return pca_lighting(image, eigval, eigvec, tf.random.stateless_normal([3], seed=seed, stddev=stddev))
+
+
+def center_crop(image, crop):
+    size = tf.shape(image)[0]
+    offset = (size - crop) // 2
+    return image[offset:offset + crop, offset:offset + crop]
+
+
+def ten_crop_offsets(size, crop):
+    """(top, left) of the paper's five patches: top-left, top-right, bottom-left, bottom-right, centre."""
+    far, mid = size - crop, (size - crop) // 2
+    return [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+
+
+def ten_crops(image, crop, size=RESIZE):
+    """[10, crop, crop, 3]: the five patches of `ten_crop_offsets`, then the same five mirrored."""
+    patches = [image[top:top + crop, left:left + crop] for top, left in ten_crop_offsets(size, crop)]
+    patches = tf.stack(patches)
+    return tf.concat([patches, tf.image.flip_left_right(patches)], axis=0)
+
+
+def train_view(image_bytes, seed, *, crop, mean, eigval, eigvec, resize=RESIZE):
+    """Everything the paper does to a training image, minus batching. `seed`: shape [2] int."""
+    crop_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = random_crop_and_flip(decode_center_256(image_bytes, resize), crop, crop_seed)
+    image = random_pca_lighting(image, eigval, eigvec, colour_seed)
+    return image - tf.convert_to_tensor(mean, tf.float32)
+
+
+def eval_view(image_bytes, *, crop, mean, ten_crop=False, resize=RESIZE):
+    """The centre crop ([crop, crop, 3]) or the ten views ([10, crop, crop, 3]), mean subtracted."""
+    image = decode_center_256(image_bytes, resize) - tf.convert_to_tensor(mean, tf.float32)
+    return ten_crops(image, crop, resize) if ten_crop else center_crop(image, crop)

@@ -1,0 +1,145 @@
+"""The paper's preprocessing, each op eagerly and inside Dataset.map."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from alexnet_tf import preprocessing as pp
+
+
+def encode(array, fmt="JPEG"):
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt, quality=95)
+    return buf.getvalue()
+
+
+def smooth_image(height, width, seed=0):
+    """A smooth RGB image, so JPEG round trips stay within a few levels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    channels = [127 + 100 * np.sin(2 * np.pi * (rng.uniform(1, 3) * yy + rng.uniform(1, 3) * xx + rng.uniform()))
+                for _ in range(3)]
+    return np.stack(channels, -1).astype(np.uint8)
+
+
+def in_dataset_map(fn, *args):
+    """fn(*args) computed inside Dataset.map (graph mode)."""
+    ds = tf.data.Dataset.from_tensors(tuple(tf.convert_to_tensor(a) for a in args)).map(fn)
+    return next(iter(ds))
+
+
+def both_modes(fn, *args):
+    return fn(*[tf.convert_to_tensor(a) for a in args]), in_dataset_map(fn, *args)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_decode_center_256_takes_the_central_square(fmt):
+    array = smooth_image(300, 400)                 # landscape: the square is columns 50..349
+    data = encode(array, fmt)
+    # Reference: decode everything, then crop; the fused crop must see the same window.
+    full = tf.io.decode_image(data, channels=3).numpy()
+    want = tf.image.resize(full[:, 50:350].astype(np.float32), (256, 256), antialias=True).numpy()
+    for got in both_modes(pp.decode_center_256, data):
+        assert got.shape == (256, 256, 3) and got.dtype == tf.float32
+        # A partial JPEG decode upsamples chroma differently at the window's
+        # edge: a level or two in the last column, nothing elsewhere.
+        diff = np.abs(got.numpy() - want)
+        assert diff[:, :-1].max() < 1e-3 and diff[:, -1].max() < 4
+
+
+def test_decode_center_256_portrait_and_grayscale():
+    data = encode(smooth_image(400, 300)[..., 0])  # portrait grayscale: rows 50..349
+    full = tf.io.decode_jpeg(data, channels=1).numpy()
+    want = tf.image.resize(np.repeat(full[50:350], 3, -1).astype(np.float32), (256, 256), antialias=True).numpy()
+    for got in both_modes(pp.decode_center_256, data):
+        np.testing.assert_allclose(got.numpy(), want, atol=1.0)
+
+
+def test_pca_lighting_matches_numpy():
+    rng = np.random.default_rng(1)
+    image = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
+    eigvec, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    eigval = np.array([50.0, 5.0, 1.0], np.float32)
+    alpha = rng.normal(0, 0.1, 3).astype(np.float32)
+    want = image + (eigvec @ (alpha * eigval))[None, None, :]
+    for got in both_modes(lambda x, a: pp.pca_lighting(x, eigval, eigvec.astype(np.float32), a), image, alpha):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-4)
+
+
+def test_random_pca_lighting_draws_alpha_from_n_0_01_per_image():
+    eigvec = np.eye(3, dtype=np.float32)[:, [2, 0, 1]]
+    eigval = np.array([40.0, 8.0, 2.0], np.float32)
+    image = np.zeros((2, 2, 3), np.float32)
+    shifts = np.stack([pp.random_pca_lighting(image, eigval, eigvec, tf.constant([7, i])).numpy()
+                       for i in range(400)])
+    assert np.all(shifts == shifts[:, :1, :1, :])  # one shift for every pixel of an image
+    alphas = (shifts[:, 0, 0, :] @ eigvec) / eigval
+    assert abs(alphas.std() - 0.1) < 0.015 and abs(alphas.mean()) < 0.015
+
+
+def index_image(size=256):
+    """Pixel (y, x) holds (y, x, 0), so a crop's position can be read off its corner."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    return np.stack([yy, xx, np.zeros_like(yy)], -1)
+
+
+def test_ten_crops_have_the_exact_coordinates():
+    image = index_image()
+    crop = 227
+    expected = [(0, 0), (0, 29), (29, 0), (29, 29), (14, 14)]
+    assert pp.ten_crop_offsets(256, crop) == expected
+    for views in both_modes(lambda x: pp.ten_crops(x, crop), image):
+        views = views.numpy()
+        assert views.shape == (10, crop, crop, 3)
+        for i, (top, left) in enumerate(expected):
+            np.testing.assert_array_equal(views[i], image[top:top + crop, left:left + crop])
+            np.testing.assert_array_equal(views[5 + i], image[top:top + crop, left:left + crop][:, ::-1])
+
+
+def test_center_crop_offsets():
+    image = index_image()
+    for crop, offset in ((227, 14), (224, 16)):
+        for got in both_modes(lambda x: pp.center_crop(x, crop), image):
+            assert got.shape == (crop, crop, 3)
+            assert tuple(got.numpy()[0, 0, :2]) == (offset, offset)
+
+
+def test_random_crop_and_flip_is_a_seeded_crop_or_its_mirror():
+    image = index_image()
+    seen_flip = set()
+    for i in range(20):
+        seed = tf.constant([3, i], tf.int64)
+        eager, mapped = both_modes(lambda x, s: pp.random_crop_and_flip(x, 227, s), image, seed)
+        np.testing.assert_array_equal(eager.numpy(), mapped.numpy())
+        patch = eager.numpy()
+        top = int(patch[0, 0, 0])
+        flipped = patch[0, 0, 1] > patch[0, -1, 1]
+        left = int(patch[0, -1, 1] if flipped else patch[0, 0, 1])
+        assert 0 <= top <= 29 and 0 <= left <= 29
+        want = image[top:top + 227, left:left + 227]
+        np.testing.assert_array_equal(patch, want[:, ::-1] if flipped else want)
+        seen_flip.add(bool(flipped))
+    assert seen_flip == {True, False}
+
+
+def test_train_view_is_reproducible_and_eager_equals_map():
+    data = encode(smooth_image(300, 300))
+    stats = dict(mean=[120.0, 110.0, 100.0], eigval=[50.0, 5.0, 1.0], eigvec=np.eye(3).tolist())
+    fn = lambda b, s: pp.train_view(b, s, crop=224, **stats)  # noqa: E731
+    a, b = both_modes(fn, data, tf.constant([1, 2], tf.int64))
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4)
+    assert a.shape == (224, 224, 3)
+    c = fn(tf.constant(data), tf.constant([1, 3], tf.int64))
+    assert not np.allclose(a.numpy(), c.numpy())
+
+
+def test_eval_view_subtracts_the_mean():
+    array = np.full((256, 256, 3), 100, np.uint8)
+    for ten_crop, shape in ((False, (227, 227, 3)), (True, (10, 227, 227, 3))):
+        fn = lambda b: pp.eval_view(b, crop=227, mean=[100.0, 90.0, 80.0], ten_crop=ten_crop)  # noqa: E731
+        for got in both_modes(fn, encode(array, "PNG")):
+            assert got.shape == shape
+            np.testing.assert_allclose(got.numpy().reshape(-1, 3) - [0.0, 10.0, 20.0], 0.0, atol=1e-3)
