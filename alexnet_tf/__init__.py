@@ -1,8 +1,22 @@
-"""alexnet_tf: the paper's two-tower AlexNet in TensorFlow/Keras."""
+"""alexnet_tf: the paper's two-tower AlexNet in TensorFlow/Keras.
 
-from alexnet_tf.layers import LocalResponseNormalization
-from alexnet_tf.model import build_alexnet
-from alexnet_tf.placement import device_free, resolve_tower_devices
+The names below load on first use, so that light modules (`alexnet_tf.recipes`)
+and `--help` of the tools do not pay for importing TensorFlow.
+"""
 
-__all__ = ["LocalResponseNormalization", "build_alexnet", "device_free", "resolve_tower_devices"]
+import importlib
+
+_EXPORTS = {
+    "LocalResponseNormalization": "alexnet_tf.layers",
+    "build_alexnet": "alexnet_tf.model",
+    "device_free": "alexnet_tf.placement",
+    "resolve_tower_devices": "alexnet_tf.placement",
+}
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'alexnet_tf' has no attribute {name!r}")

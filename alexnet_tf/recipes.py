@@ -1,0 +1,19 @@
+"""Per-dataset defaults of the train script. Importing this module does not import TensorFlow.
+
+The paper's recipe (batch 128, 90 epochs) is the default for every dataset
+but the embedded one, whose schedule is sized so that `make train` finishes in
+about 10 minutes on a 2-core CPU; see BUILD_NOTES.md for how it was chosen.
+"""
+
+DEFAULT_DATASET = "alexnet_shapes"
+PAPER = {"batch_size": 128, "epochs": 90}
+EMBEDDED = {"batch_size": 32, "epochs": 12, "eval_every": 200}
+
+
+def for_dataset(name):
+    return dict(EMBEDDED if name == DEFAULT_DATASET else PAPER)
+
+
+def slug(name):
+    """A dataset name as a folder name: 'folder:/data/x' -> 'folder_data_x'."""
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in name).strip("_").replace("__", "_")

@@ -1,0 +1,115 @@
+"""Training keeps the towers' placement; data parallelism across worker processes matches one process."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from subprocess_tf import ROOT, run
+from test_train_loop import free_port
+
+
+def test_momentum_slots_and_updates_stay_on_their_towers_device():
+    out = run("""
+import keras
+from alexnet_tf import build_alexnet, training
+model = build_alexnet(10, image_size=67, width=0.125, tower_devices=("/CPU:0", "/CPU:1"), seed=0)
+optimizer = training.ColocatedSGD(0.01, momentum=0.9)
+optimizer.build(model.trainable_variables)
+step = training.make_train_step(model, optimizer, weight_decay=5e-4, global_batch_size=2,
+                                strategy=tf.distribute.get_strategy())
+images, labels = tf.random.uniform((2, 67, 67, 3)) * 255, tf.constant([1, 2], tf.int64)
+step(images, labels)  # runs with soft placement off
+graph = step.get_concrete_function(images, labels).graph
+# Every op that writes a variable, with the device of the variable it writes.
+handle_device = {}
+for outer, inner in graph.captures:
+    for v in model.trainable_variables + [s for s in optimizer.variables if "momentum" in s.path]:
+        if outer is v.value.handle:
+            handle_device[inner.name] = (v.path, v.value.device)
+writes = []
+for op in graph.get_operations():
+    if op.type.startswith("Assign") and op.type.endswith("VariableOp") or op.type.startswith("ResourceApply"):
+        target = op.inputs[0].name
+        if target in handle_device:
+            writes.append((handle_device[target][0], handle_device[target][1], op.device))
+slots = {v.path: v.value.device for v in optimizer.variables if "momentum" in v.path}
+print(json.dumps(dict(writes=writes, slots=slots,
+                      weights={v.path: v.value.device for v in model.trainable_variables})))
+""")
+    tower_device = {"a": "CPU:0", "b": "CPU:1"}
+
+    def tower(path):
+        """'sgd/conv3_b_kernel_momentum' or 'conv3_b/kernel' -> 'b'; fc8 runs on tower a."""
+        layer = next(w.split("/")[0] for w in out["weights"] if w.replace("/", "_") in path.replace("/", "_"))
+        return "a" if layer == "fc8" else layer[-1]
+
+    # Each momentum slot lives where its weight lives.
+    assert len(out["slots"]) == 30
+    for path, device in out["slots"].items():
+        assert device.endswith(tower_device[tower(path)]), (path, device)
+    # Every weight and every slot is written once per step, on its tower's device.
+    written = {path for path, _, _ in out["writes"]}
+    assert written == set(out["slots"]) | set(out["weights"])
+    for path, var_device, op_device in out["writes"]:
+        assert op_device.endswith(tower_device[tower(path)]) and var_device.endswith(op_device.split("device:")[-1]), \
+            (path, var_device, op_device)
+
+
+WORKER = """
+import os, sys
+import numpy as np
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+from alexnet_tf import training
+config = tiny_config({workdir!r}, {dataset!r}, {data_dir!r}, strategy={strategy!r}, dropout=0.0,
+                     deterministic=True, steps=4, batch_size=8, eval_every=4, seed=3)
+result, state = training.train(config, log=lambda *a: None, return_state=True)
+np.savez({out!r}, *[v.numpy() for v in state["model"].trainable_variables])
+"""
+
+
+@pytest.mark.heavy
+def test_two_workers_match_one_process_on_the_same_global_batches(tmp_path, shapes_folder):
+    """Two MultiWorkerMirroredStrategy workers on loopback ports vs. one process, dropout off."""
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+
+    def script(workdir, strategy, out):
+        return textwrap.dedent(WORKER).format(root=str(ROOT), tests=str(ROOT / "tests"), workdir=str(workdir),
+                                              dataset=str(shapes_folder), data_dir=str(data_dir),
+                                              strategy=strategy, out=str(out))
+
+    # The single-process reference first (it also computes and stores the dataset statistics).
+    single = subprocess.run([sys.executable, "-c", script(tmp_path / "single", "default", tmp_path / "single.npz")],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    cluster = {"worker": [f"localhost:{free_port()}", f"localhost:{free_port()}"]}
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        workers.append(subprocess.Popen(
+            [sys.executable, "-c", script(tmp_path / "multi", "multi_worker", tmp_path / f"worker{index}.npz")],
+            env={**env, "TF_CONFIG": json.dumps(tf_config)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
+    for w in workers:
+        _, err = w.communicate(timeout=900)
+        assert w.returncode == 0, err[-3000:]
+
+    # Really two replicas in sync (not two independent runs that ignored TF_CONFIG).
+    assert json.loads((tmp_path / "multi" / "config.json").read_text())["replicas"] == 2
+    assert json.loads((tmp_path / "single" / "config.json").read_text())["replicas"] == 1
+    reference, w0, w1 = (np.load(tmp_path / f) for f in ("single.npz", "worker0.npz", "worker1.npz"))
+    assert len(reference.files) == 30
+    from alexnet_tf.model import build_alexnet
+    initial = build_alexnet(10, image_size=67, width=0.125, dropout=0.0, seed=3).get_weights()
+    for i, key in enumerate(reference.files):
+        np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)        # the workers agree exactly
+        np.testing.assert_allclose(w0[key], reference[key], atol=1e-5, rtol=0, err_msg=key)
+    assert sum(not np.allclose(reference[k], w) for k, w in zip(reference.files, initial)) >= 15  # it trained
+    assert (tmp_path / "multi" / "checkpoints").is_dir() and not list((tmp_path / "multi").glob("tmp_worker_*"))

@@ -1,0 +1,193 @@
+"""The training loop end to end on the tiny preset: resume, bad losses, the CLI, kills and TensorBoard."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_tf import training
+from conftest import tiny_config
+from subprocess_tf import ROOT
+
+
+def test_train_writes_its_run_and_resumes(tmp_path, shapes_folder):
+    logs = []
+    config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data")
+    result = training.train(config, log=logs.append)
+    assert result["step"] == 4 and 0 <= result["validation_accuracy"] <= 1
+    run = tmp_path / "run"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["batch_size"] == 8 and saved["preset"] == "tiny" and saved["total_steps"] == 4
+    assert len(saved["statistics"]["mean"]) == 3
+    assert json.loads((run / "classes.json").read_text())[0] == "checkerboard"
+    assert json.loads((run / "result.json").read_text())["step"] == 4
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-4")
+
+    # The same command with more steps continues from step 4.
+    config.steps = 6
+    logs.clear()
+    result = training.train(config, log=logs.append)
+    assert result["step"] == 6
+    assert any(re.search(r"resumed from .*ckpt-4 at step 4", line) for line in logs), logs
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path, shapes_folder):
+    config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data", lr=1e9, steps=50, ckpt_every=1,
+                         eval_every=100)
+    with pytest.raises(training.NonFiniteLoss, match=r"the loss became (nan|inf) at step (\d+)") as e:
+        training.train(config, log=lambda *_: None)
+    bad_step = int(re.search(r"at step (\d+)", str(e.value)).group(1))
+    latest = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
+    if bad_step > 1:
+        # Every step before the bad one was saved; the bad one never was, and the last save still restores.
+        assert latest.endswith(f"ckpt-{bad_step - 1}")
+        reader = tf.train.load_checkpoint(latest)
+        assert all(np.isfinite(reader.get_tensor(name)).all() for name, _ in
+                   tf.train.list_variables(latest) if "kernel" in name)
+    else:
+        assert latest is None
+
+
+def cli(*args, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen([sys.executable, "-m", "tools.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.mark.parametrize("flag, shown", [
+    ("--batch_size=0", "--batch_size"),
+    ("--lr_schedule=cosine", "--lr_schedule"),
+    ("--tower_devices=/CPU:0", "--tower_devices"),
+    ("--dataset=folder:/nonexistent/place", "/nonexistent/place"),
+])
+def test_cli_bad_value_is_one_line_naming_it(tmp_path, flag, shown):
+    proc = cli(flag, f"--workdir={tmp_path}/w", f"--data_dir={tmp_path}/d")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    lines = [l for l in err.splitlines() if l.strip() and not re.match(r"^[IWE]\d{4} |^WARNING: All log", l)]
+    assert len(lines) == 1 and shown in lines[0], err
+
+
+def checkpoint_steps(directory):
+    state = tf.train.get_checkpoint_state(str(directory))
+    return [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths] if state else []
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_args(tmp_path, shapes_folder, steps):
+    return [f"--dataset=folder:{shapes_folder}", f"--data_dir={tmp_path}/data", f"--workdir={tmp_path}/run",
+            "--preset=tiny", "--batch_size=8", f"--steps={steps}", "--ckpt_every=3", "--eval_every=1000"]
+
+
+@pytest.mark.heavy
+def test_sigkill_mid_run_then_rerun_continues_from_the_last_checkpoint(tmp_path, shapes_folder):
+    ckpts = tmp_path / "run" / "checkpoints"
+    proc = cli(*run_args(tmp_path, shapes_folder, 100000))
+    try:
+        wait_for(lambda: max(checkpoint_steps(ckpts), default=0) >= 9, 240, "three checkpoints")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    saved = max(checkpoint_steps(ckpts))
+    latest = tf.train.latest_checkpoint(str(ckpts))
+    assert latest.endswith(f"ckpt-{saved}")
+    reader = tf.train.load_checkpoint(latest)
+
+    # Rebuild exactly what the trainer builds and restore: every object matches,
+    # and writing the restored state back gives the checkpoint's values exactly
+    # (a variable that failed to restore would come back freshly initialized).
+    config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data")
+    state = training.build_state(config, 10, tf.distribute.get_strategy())
+    state["checkpoint"].restore(latest).assert_existing_objects_matched()
+    assert int(state["step"].numpy()) == saved
+    momentum = [v for v in state["optimizer"].variables if "momentum" in v.path]
+    assert len(momentum) == 30 and any(np.abs(v.numpy()).max() > 0 for v in momentum)
+    again = state["checkpoint"].write(str(tmp_path / "rewritten" / "ckpt"))
+    rewritten = tf.train.load_checkpoint(again)
+    values = [n for n, _ in tf.train.list_variables(latest) if n.endswith("VARIABLE_VALUE")]
+    assert len(values) > 60  # 30 weights, 30 momentum slots, step, schedule, ...
+    for name in values:
+        np.testing.assert_array_equal(rewritten.get_tensor(name), reader.get_tensor(name), err_msg=name)
+
+    # Rerunning the same command resumes at the saved step.
+    proc = cli(*run_args(tmp_path, shapes_folder, saved + 2))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert f"at step {saved}" in out + err
+    assert max(checkpoint_steps(ckpts)) == saved + 2
+
+
+@pytest.mark.heavy
+def test_sigterm_writes_a_final_checkpoint(tmp_path, shapes_folder):
+    ckpts = tmp_path / "run" / "checkpoints"
+    proc = cli(*run_args(tmp_path, shapes_folder, 100000))
+    wait_for(lambda: checkpoint_steps(ckpts), 240, "a first checkpoint")
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    m = re.search(r"SIGTERM: checkpoint written at step (\d+)", out + err)
+    assert m, out + err
+    assert max(checkpoint_steps(ckpts)) == int(m.group(1))
+    assert tf.train.latest_checkpoint(str(ckpts)).endswith(f"ckpt-{m.group(1)}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tensorboard_serves_the_scalars_and_the_kernel_image(tmp_path, shapes_folder):
+    config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data", steps=2, eval_every=2)
+    training.train(config, log=lambda *_: None)
+    port = free_port()
+    board = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path / "run"),
+                              "--host", "127.0.0.1", "--port", str(port), "--load_fast=false"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path):
+        with urllib.request.urlopen(base + path, timeout=10) as response:
+            return response.read()
+
+    def scalars_ready():
+        try:
+            tags = json.loads(get("/data/plugin/scalars/tags"))
+            return "validation" in tags and "loss" in tags.get("train", {})
+        except OSError:
+            return False
+
+    try:
+        wait_for(scalars_ready, 90, "TensorBoard to serve the run")
+        tags = json.loads(get("/data/plugin/scalars/tags"))
+        assert {"loss", "top1_error", "top5_error", "learning_rate", "images_per_second", "gradient_norm",
+                "weight_norm"} <= set(tags["train"])
+        assert {"loss", "top1_error", "top5_error"} <= set(tags["validation"])
+        images = json.loads(get("/data/plugin/images/tags"))
+        assert "conv1_kernels" in images["train"]
+        listing = json.loads(get("/data/plugin/images/images?run=train&tag=conv1_kernels"))
+        png = get("/data/plugin/images/individualImage?" + listing[-1]["query"])
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        histograms = json.loads(get("/data/plugin/histograms/tags"))
+        assert any(tag.startswith("weights/conv1_a") for tag in histograms["train"])
+    finally:
+        board.terminate()
+        board.wait(timeout=30)
