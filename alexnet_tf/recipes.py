@@ -6,8 +6,8 @@ about 10 minutes on a 2-core CPU; see BUILD_NOTES.md for how it was chosen.
 """
 
 DEFAULT_DATASET = "alexnet_shapes"
-PAPER = {"batch_size": 128, "epochs": 90}
-EMBEDDED = {"batch_size": 32, "epochs": 12, "eval_every": 200}
+PAPER = {"batch_size": 128, "epochs": 90, "warmup_steps": 0}
+EMBEDDED = {"batch_size": 128, "epochs": 17, "eval_every": 40, "warmup_steps": 100}
 
 
 def for_dataset(name):

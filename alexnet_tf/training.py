@@ -28,10 +28,12 @@ from alexnet_tf.model import build_alexnet
 
 PRESETS = {
     # The paper's model on 227x227 crops of 256x256 images.
-    "paper": dict(width=1.0, image_size=227, resize=256),
-    # The same topology at 1/8 width on 67x67 crops of 76x76 images: for smoke
-    # runs and tests.
-    "tiny": dict(width=0.125, image_size=67, resize=76),
+    "paper": dict(width=1.0, image_size=227, resize=256, init_std=0.01),
+    # The same topology at 1/8 width on 67x67 crops of 76x76 images, for smoke
+    # runs and tests. Every fan-in is 8x smaller, so the init std is scaled by
+    # sqrt(8) to give each layer the paper model's activation statistics (at
+    # 0.01 the narrow model's signal drowns in the biases of 1).
+    "tiny": dict(width=0.125, image_size=67, resize=76, init_std=0.01 / 0.125 ** 0.5),
 }
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -48,6 +50,7 @@ class TrainConfig:
     epochs: float = 90
     steps: int | None = None         # overrides epochs
     lr: float = 0.01
+    warmup_steps: int = 0            # linear ramp to lr over the first steps (0: the paper's constant start)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     dropout: float = 0.5
@@ -81,6 +84,8 @@ class TrainConfig:
             bad("mixed_precision", f"must be one of {', '.join(PRECISIONS)}")
         if self.lr_schedule not in SCHEDULES:
             bad("lr_schedule", f"must be one of {', '.join(SCHEDULES)}")
+        if self.warmup_steps < 0:
+            bad("warmup_steps", "must be >= 0")
         for field in ("batch_size", "log_every", "patience"):
             if getattr(self, field) < 1:
                 bad(field, "must be >= 1")
@@ -328,7 +333,8 @@ def build_state(config, num_classes, strategy):
     preset = PRESETS[config.preset]
     with strategy.scope():
         model = build_alexnet(num_classes, image_size=preset["image_size"], width=preset["width"],
-                              dropout=config.dropout, tower_devices=config.tower_devices, seed=config.seed)
+                              init_std=preset["init_std"], dropout=config.dropout,
+                              tower_devices=config.tower_devices, seed=config.seed)
         optimizer = ColocatedSGD(learning_rate=config.lr, momentum=config.momentum)
         if config.mixed_precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -448,6 +454,9 @@ def train(config, log=print, *, return_state=False):
     last_eval = None
     try:
         while int(step.numpy()) < total_steps:
+            if int(step.numpy()) < config.warmup_steps:
+                # Linear warm-up: the schedules take over once it is done.
+                learning_rate.assign(config.lr * (int(step.numpy()) + 1) / config.warmup_steps)
             t0 = time.perf_counter()
             images, labels = next(train_iter)
             ce, top1, top5, gnorm = train_step(images, labels)
@@ -499,7 +508,8 @@ def train(config, log=print, *, return_state=False):
 
     if last_eval is None:  # resumed after the last step: report without training
         last_eval = evaluate()
-    result = {"step": int(step.numpy()), "workdir": str(workdir), "checkpoint": manager.latest_checkpoint,
+    result = {"step": int(step.numpy()), "start_step": start, "workdir": str(workdir),
+              "checkpoint": manager.latest_checkpoint, "chief": chief,
               "validation_accuracy": float(1 - last_eval["top1_error"]),
               **{f"validation_{k}": float(v) for k, v in last_eval.items()}}
     if chief:

@@ -137,7 +137,14 @@ def test_dropout_is_active_only_in_training(tiny):
     (dict(dropout=1.0), "dropout must be a rate in \\[0, 1\\), got 1.0"),
     (dict(seed="1"), "seed must be None or an integer, got '1'"),
     (dict(name=""), "name must be a non-empty string"),
+    (dict(init_std=0), "init_std must be a positive number, got 0"),
 ])
 def test_bad_arguments_say_what_was_received(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_alexnet(**{**TINY, **kwargs})
+
+
+def test_init_std_sets_the_weight_spread():
+    model = build_alexnet(10, image_size=67, width=0.5, init_std=0.03, seed=0)
+    kernel = model.get_layer("fc6_a").kernel.numpy()  # 2304 x 1024 samples
+    assert abs(kernel.std() - 0.03) < 0.001

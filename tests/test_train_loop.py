@@ -93,7 +93,8 @@ def wait_for(predicate, timeout, what):
 
 def run_args(tmp_path, shapes_folder, steps):
     return [f"--dataset=folder:{shapes_folder}", f"--data_dir={tmp_path}/data", f"--workdir={tmp_path}/run",
-            "--preset=tiny", "--batch_size=8", f"--steps={steps}", "--ckpt_every=3", "--eval_every=1000"]
+            "--preset=tiny", "--batch_size=8", f"--steps={steps}", "--ckpt_every=3", "--eval_every=1000",
+            f"--export_dir={tmp_path}/export"]
 
 
 @pytest.mark.heavy
@@ -132,6 +133,9 @@ def test_sigkill_mid_run_then_rerun_continues_from_the_last_checkpoint(tmp_path,
     assert proc.returncode == 0, err
     assert f"at step {saved}" in out + err
     assert max(checkpoint_steps(ckpts)) == saved + 2
+    # The finished run prints its accuracy, workdir and the SavedModel it exported.
+    assert "validation accuracy:" in out and f"workdir: {tmp_path}/run" in out
+    assert f"SavedModel: {tmp_path}/export/1" in out and (tmp_path / "export" / "1" / "saved_model.pb").exists()
 
 
 @pytest.mark.heavy
@@ -191,3 +195,14 @@ def test_tensorboard_serves_the_scalars_and_the_kernel_image(tmp_path, shapes_fo
     finally:
         board.terminate()
         board.wait(timeout=30)
+
+
+def test_warmup_ramps_the_learning_rate_then_hands_over(tmp_path, shapes_folder):
+    config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data", lr=0.02, warmup_steps=4, steps=2,
+                         eval_every=100)
+    _, state = training.train(config, log=lambda *_: None, return_state=True)
+    # The rate of the last step taken (step 2 of a 4-step ramp) is 2/4 of --lr.
+    assert np.isclose(float(state["optimizer"].learning_rate.numpy()), 0.02 * 2 / 4)
+    config.steps = 7
+    _, state = training.train(config, log=lambda *_: None, return_state=True)
+    assert np.isclose(float(state["optimizer"].learning_rate.numpy()), 0.02)

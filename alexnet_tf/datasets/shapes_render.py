@@ -24,7 +24,7 @@ CLASS_NAMES = ("disc", "square", "triangle", "ring", "cross",
 SPLIT_SEEDS = {"train": 1, "validation": 2}
 
 
-NUM_FAMILIES = 10
+NUM_FAMILIES = 5
 
 
 def family(label):
@@ -34,7 +34,7 @@ def family(label):
 
 def _colours(rng, label):
     """Foreground and background of the class's hue family, one light, one dark."""
-    hue = (family(label) + rng.uniform(-0.3, 0.3)) / NUM_FAMILIES
+    hue = (family(label) + rng.uniform(-0.35, 0.35)) / NUM_FAMILIES
 
     def rgb(h, s, v):
         return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), np.float32) * 255
