@@ -29,6 +29,9 @@ flags.DEFINE_float("epochs", None, "Epochs to train (default: 90, the paper's; "
                    f"{recipes.EMBEDDED['epochs']:g} on the embedded dataset).", lower_bound=0)
 flags.DEFINE_integer("steps", None, "Train this many steps in total; overrides --epochs.", lower_bound=1)
 flags.DEFINE_float("lr", 0.01, "Initial learning rate.", lower_bound=0)
+flags.DEFINE_integer("warmup_steps", None, "Ramp the learning rate linearly up to --lr over this many steps "
+                     f"(default: 0, the paper's constant start; {recipes.EMBEDDED['warmup_steps']} on the embedded "
+                     "dataset).", lower_bound=0)
 flags.DEFINE_float("momentum", 0.9, "Momentum of SGD.", lower_bound=0, upper_bound=0.999)
 flags.DEFINE_float("weight_decay", 5e-4, "L2 penalty weight_decay/2 * sum(w^2) over kernels (the paper's rule).",
                    lower_bound=0)
@@ -55,6 +58,8 @@ flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mi
                   "Compute precision; LRN always runs in float32. mixed_float16 uses dynamic loss scaling.")
 flags.DEFINE_boolean("jit", False, "Compile the train step with XLA.")
 flags.DEFINE_integer("seed", 0, "Seed for initialization, dropout, shuffling and augmentation.")
+flags.DEFINE_string("export_dir", "export/alexnet", "After training, export a SavedModel to <export_dir>/<version>/ "
+                    "(when this run trained, or nothing was exported yet); empty to skip.")
 flags.DEFINE_integer("max_eval_images", None, "Evaluate on at most this many validation images.", lower_bound=1)
 
 
@@ -71,7 +76,9 @@ def config_from_flags():
         preset=FLAGS.preset,
         batch_size=FLAGS.batch_size or recipe["batch_size"],
         epochs=FLAGS.epochs if FLAGS.epochs is not None else recipe["epochs"],
-        steps=FLAGS.steps, lr=FLAGS.lr, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
+        steps=FLAGS.steps, lr=FLAGS.lr,
+        warmup_steps=FLAGS.warmup_steps if FLAGS.warmup_steps is not None else recipe["warmup_steps"],
+        momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
         dropout=FLAGS.dropout, lr_schedule=FLAGS.lr_schedule, patience=FLAGS.patience,
         step_epochs=FLAGS.step_epochs, max_drops=FLAGS.max_drops,
         eval_every=FLAGS.eval_every or recipe.get("eval_every"), ckpt_every=FLAGS.ckpt_every,
@@ -102,6 +109,11 @@ def main(argv):
           f"(top-5 error {result['validation_top5_error']:.4f}) after {result['step']} steps")
     print(f"workdir: {result['workdir']}")
     print(f"checkpoint: {result['checkpoint']}")
+    if FLAGS.export_dir and result["chief"]:
+        from alexnet_tf import export
+        if result["step"] > result["start_step"] or export.next_version(FLAGS.export_dir) == 1:
+            model, run_config, names = export.load_trained(result["workdir"], result["checkpoint"])
+            print(f"SavedModel: {export.export_savedmodel(model, names, run_config, FLAGS.export_dir)}")
     print(f"TensorBoard: tensorboard --logdir {result['workdir']}")
     return 0
 

@@ -1,0 +1,169 @@
+"""Export a trained AlexNet: a SavedModel for TF Serving, and TFLite variants.
+
+The SavedModel is traced from `placement.device_free(model)`, so no op is
+pinned to a device and it loads on any machine, soft placement on or off.
+Its signatures (fixed dtypes, any batch size):
+
+- `serving_default`: `image_bytes` (string [N]: JPEG or PNG of any size) ->
+  `probabilities` [N, C], `top5_classes` int32 [N, 5], `top5_names`
+  string [N, 5]. The paper's evaluation preprocessing (shorter side to 256,
+  central crop, mean subtracted) runs inside the graph.
+- `preprocessed`: `images` (float32 [N, S, S, 3], already preprocessed) ->
+  the same three outputs.
+- `features`: `images` (float32 [N, S, S, 3], preprocessed) -> `fc7` [N, 4096],
+  the activations the paper's Figure 4 retrieves neighbours with.
+"""
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from alexnet_tf import preprocessing
+from alexnet_tf.model import FEATURES_LAYER, build_alexnet
+from alexnet_tf.placement import device_free
+from alexnet_tf.training import PRESETS
+
+TFLITE_KINDS = ("float32", "float16", "dynamic", "int8")
+
+
+class ExportError(ValueError):
+    """A workdir, checkpoint or export option that cannot be used; the message says which."""
+
+
+def load_trained(workdir, checkpoint=None):
+    """(model, run config, class names) of a training workdir, restored from its latest checkpoint
+    or `checkpoint`. The model is built for inference: no tower pins, no dropout."""
+    workdir = Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise ExportError(f"--workdir={workdir}: no config.json; is this an alexnet-train workdir?")
+    config = json.loads(config_path.read_text())
+    class_names = json.loads((workdir / "classes.json").read_text())
+    checkpoint = checkpoint or tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    if not checkpoint:
+        raise ExportError(f"--workdir={workdir}: no checkpoint in {workdir / 'checkpoints'}")
+    preset = config.get("preset_values") or PRESETS[config["preset"]]
+    # Dropout is off at inference; without it the model also has no seed-generator
+    # state, a variable the TFLite converter cannot freeze.
+    model = build_alexnet(len(class_names), image_size=preset["image_size"], width=preset["width"], dropout=0.0)
+    try:
+        tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
+    except (tf.errors.NotFoundError, ValueError, AssertionError) as e:
+        raise ExportError(f"--checkpoint={checkpoint}: cannot be restored into this model ({e})") from None
+    return model, config, class_names
+
+
+class _Serving(tf.Module):
+    def __init__(self, model, class_names, mean, crop, resize):
+        super().__init__(name="alexnet_serving")
+        self.classifier = device_free(model)
+        self.extractor = device_free(keras.Model(model.input, model.get_layer(FEATURES_LAYER).output,
+                                                 name=f"{model.name}_fc7"))
+        self.class_names = tf.constant(class_names)
+        self.mean = tf.constant(mean, tf.float32)
+        self.crop, self.resize = crop, resize
+        images = tf.TensorSpec([None, crop, crop, 3], tf.float32, name="images")
+        self.serving_default = tf.function(self._from_bytes,
+                                           input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        self.preprocessed = tf.function(self._classify, input_signature=[images])
+        self.features = tf.function(self._features, input_signature=[images])
+
+    def _classify(self, images):
+        probabilities = tf.nn.softmax(self.classifier(images, training=False))
+        top = tf.math.top_k(probabilities, k=min(5, int(self.class_names.shape[0])))
+        return {"probabilities": probabilities, "top5_classes": top.indices,
+                "top5_names": tf.gather(self.class_names, top.indices)}
+
+    def _from_bytes(self, image_bytes):
+        images = tf.map_fn(lambda b: preprocessing.eval_view(b, crop=self.crop, resize=self.resize, mean=self.mean),
+                           image_bytes, fn_output_signature=tf.TensorSpec([self.crop, self.crop, 3], tf.float32))
+        return self._classify(images)
+
+    def _features(self, images):
+        return {"fc7": self.extractor(images, training=False)}
+
+
+def next_version(export_dir):
+    """TF Serving's layout: integer version folders; the next is one more than the highest."""
+    existing = [int(p.name) for p in Path(export_dir).glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(existing, default=0) + 1
+
+
+def export_savedmodel(model, class_names, config, export_dir, version=None):
+    """Writes the SavedModel to `<export_dir>/<version>/` and returns that path."""
+    preset = config.get("preset_values") or PRESETS[config["preset"]]
+    module = _Serving(model, class_names, config["statistics"]["mean"], preset["image_size"], preset["resize"])
+    path = Path(export_dir) / str(version or next_version(export_dir))
+    if path.exists():
+        raise ExportError(f"{path} exists already; TF Serving versions are never overwritten")
+    signatures = {"serving_default": module.serving_default, "preprocessed": module.preprocessed,
+                  "features": module.features}
+    tmp = path.with_name(path.name + ".partial")
+    tf.saved_model.save(module, str(tmp), signatures=signatures)
+    (tmp / "assets").mkdir(exist_ok=True)
+    (tmp / "assets" / "classes.txt").write_text("\n".join(class_names) + "\n")
+    (tmp / "assets" / "alexnet_tf.json").write_text(json.dumps(
+        {"image_size": preset["image_size"], "resize": preset["resize"], "mean": config["statistics"]["mean"],
+         "num_classes": len(class_names)}, indent=2))
+    tmp.rename(path)  # a half-written export never looks like a version
+    return path
+
+
+def export_tflite(model, kind, *, representative_images=None):
+    """A .tflite flatbuffer (bytes) of the device-free classifier, float32 in, logits out.
+
+    kind: float32; float16 (weights in float16); dynamic (int8 weights,
+    float activations); int8 (int8 weights and activations, calibrated on
+    `representative_images`; LRN has no integer kernel, so it stays float
+    with quantize/dequantize around it).
+    """
+    if kind not in TFLITE_KINDS:
+        raise ExportError(f"--tflite: unknown kind {kind!r}; choose from {', '.join(TFLITE_KINDS)}")
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    portable = device_free(model)
+    size = model.input_shape[1]
+    fn = tf.function(lambda images: portable(images, training=False),
+                     input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="images")])
+    # Weights as constants: left as variables, the converter keeps them as
+    # resource variables, which int8 calibration cannot run.
+    frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
+    return _convert(tf.lite.TFLiteConverter.from_concrete_functions([frozen]), kind, representative_images)
+
+
+def _convert(converter, kind, representative_images):
+    if kind != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if kind == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if kind == "int8":
+        if representative_images is None:
+            raise ExportError("int8 TFLite needs representative images from the training split")
+        converter.representative_dataset = lambda: ([img[None]] for img in representative_images)
+        # Integer kernels where they exist, float (LRN) where they do not.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter.convert()
+
+
+def representative_images(config, count=100, seed=0):
+    """`count` training images, preprocessed for evaluation (centre crop), as float32 arrays."""
+    from alexnet_tf import data
+
+    preset = config.get("preset_values") or PRESETS[config["preset"]]
+    source = data.load_dataset(config["dataset"], config.get("data_dir"), val_fraction=config.get("val_fraction", 0.05),
+                               seed=config.get("seed", 0))
+    ds = data.eval_pipeline(source.train.take(count), config["statistics"], batch_size=count,
+                            crop=preset["image_size"], resize=preset["resize"])
+    images = next(iter(ds))[0].numpy()
+    return [np.asarray(x, np.float32) for x in images]
+
+
+def write_tflite_metadata(tflite_path, savedmodel_path):
+    """`<file>.tflite.json` beside a .tflite: what `alexnet-predict` needs to preprocess and name classes."""
+    assets = Path(savedmodel_path) / "assets"
+    meta = json.loads((assets / "alexnet_tf.json").read_text())
+    meta["class_names"] = (assets / "classes.txt").read_text().splitlines()
+    Path(str(tflite_path) + ".json").write_text(json.dumps(meta))

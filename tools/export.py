@@ -1,0 +1,65 @@
+"""alexnet-export: write a trained model as a SavedModel (TF Serving layout) and TFLite files.
+
+    alexnet-export --workdir=runs/alexnet_shapes-paper
+    alexnet-export --workdir=W --export_dir=export/alexnet --tflite=float32,float16,dynamic,int8
+"""
+
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "The alexnet-train workdir to export from.", required=True)
+flags.DEFINE_string("checkpoint", None, "A checkpoint path (default: the workdir's latest).")
+flags.DEFINE_string("export_dir", "export/alexnet", "The SavedModel goes to <export_dir>/<version>/.")
+flags.DEFINE_integer("version", None, "Version folder (default: one more than the highest present).",
+                     lower_bound=1)
+flags.DEFINE_list("tflite", [], "TFLite variants to write beside the SavedModel, any of "
+                  "float32,float16,dynamic,int8 (int8 is calibrated on training images).")
+flags.DEFINE_integer("calibration_images", 100, "Training images for int8 calibration.", lower_bound=1)
+
+
+def parse_flags(argv):
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"alexnet-export: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"alexnet-export: error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
+        return 2
+    from alexnet_tf import export
+
+    unknown = [k for k in FLAGS.tflite if k not in export.TFLITE_KINDS]
+    if unknown:
+        print(f"alexnet-export: error: --tflite: unknown kind(s) {','.join(unknown)}; choose from "
+              f"{','.join(export.TFLITE_KINDS)}", file=sys.stderr)
+        return 2
+    try:
+        model, config, class_names = export.load_trained(FLAGS.workdir, FLAGS.checkpoint)
+        path = export.export_savedmodel(model, class_names, config, FLAGS.export_dir, FLAGS.version)
+        print(f"SavedModel: {path}")
+        calibration = None
+        for kind in FLAGS.tflite:
+            if kind == "int8" and calibration is None:
+                calibration = export.representative_images(config, FLAGS.calibration_images)
+            flatbuffer = export.export_tflite(model, kind, representative_images=calibration)
+            out = path.parent / f"alexnet_v{path.name}_{kind}.tflite"
+            out.write_bytes(flatbuffer)
+            export.write_tflite_metadata(out, path)
+            print(f"TFLite {kind}: {out} ({len(flatbuffer) / 2**20:.1f} MiB)")
+    except export.ExportError as e:
+        print(f"alexnet-export: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run():
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

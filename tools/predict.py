@@ -1,0 +1,103 @@
+"""alexnet-predict: top-5 classes of images, with an exported SavedModel or .tflite file.
+
+    alexnet-predict --model=export/alexnet/1 photo.jpg more_photos/
+    alexnet-predict --model=export/alexnet/alexnet_v1_int8.tflite --json photo.jpg
+    alexnet-predict --model=export/alexnet/1 --features=fc7.npy photos/
+    alexnet-predict --model=export/alexnet/1 --neighbors=5 --gallery=photos/ --contact_sheet=nn.png queries/
+
+A missing, corrupt or non-image file is reported on one line naming it; the
+others are still predicted, and the exit status is 1 if any failed.
+"""
+
+import json
+import sys
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "A SavedModel version directory or a .tflite file from alexnet-export.",
+                    required=True)
+flags.DEFINE_integer("batch_size", 32, "Images per model call.", lower_bound=1)
+flags.DEFINE_boolean("ten_crop", False, "Average the paper's 10 views (corners, centre, mirrors).")
+flags.DEFINE_boolean("json", False, "One JSON object per image instead of text.")
+flags.DEFINE_string("features", None, "Write the images' fc7 features ([N, 4096] float32) to this .npy file "
+                    "(SavedModel only); the file order is printed.")
+flags.DEFINE_integer("neighbors", None, "List each image's K nearest --gallery images by fc7 distance.",
+                     lower_bound=1)
+flags.DEFINE_string("gallery", None, "Folder of images to search with --neighbors.")
+flags.DEFINE_string("contact_sheet", None, "With --neighbors: write a PNG, one row per query and its neighbours.")
+
+
+def parse_flags(argv):
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"alexnet-predict: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv):
+    inputs = argv[1:]
+    if not inputs:
+        print("alexnet-predict: error: name at least one image file or folder", file=sys.stderr)
+        return 2
+    if (FLAGS.neighbors is None) != (FLAGS.gallery is None):
+        print("alexnet-predict: error: --neighbors and --gallery go together", file=sys.stderr)
+        return 2
+    from alexnet_tf import predict
+
+    failures = []
+
+    def report(message):
+        failures.append(message)
+        print(f"alexnet-predict: error: {message}", file=sys.stderr)
+
+    try:
+        classifier = predict.Classifier(FLAGS.model)
+    except predict.PredictError as e:
+        print(f"alexnet-predict: error: {e}", file=sys.stderr)
+        return 2
+    files = predict.list_images(inputs)
+    items = predict.load_images(classifier, files, ten_crop=FLAGS.ten_crop, on_error=report)
+    for path, top5 in predict.classify(classifier, items, FLAGS.batch_size, ten_crop=FLAGS.ten_crop):
+        if FLAGS.json:
+            print(json.dumps({"file": str(path), "top5": [{"class": n, "probability": p} for n, p in top5]}))
+        else:
+            print(f"{path}: " + "; ".join(f"{n} {p:.3f}" for n, p in top5))
+
+    try:
+        if FLAGS.features or FLAGS.neighbors:
+            plain = items if not FLAGS.ten_crop else predict.load_images(classifier, [p for p, _ in items])
+            query = predict.features(classifier, plain, FLAGS.batch_size)
+            if FLAGS.features:
+                np.save(FLAGS.features, query)
+                print(f"fc7 features of {len(plain)} images -> {FLAGS.features} (rows in the order listed above)")
+            if FLAGS.neighbors:
+                gallery = predict.load_images(classifier, predict.list_images([FLAGS.gallery]), on_error=report)
+                order, dist = predict.nearest(query, predict.features(classifier, gallery, FLAGS.batch_size),
+                                              FLAGS.neighbors)
+                rows = []
+                for (path, _), idx, d in zip(plain, order, dist):
+                    found = [(str(gallery[i][0]), float(x)) for i, x in zip(idx, d)]
+                    rows.append([path] + [f for f, _ in found])
+                    if FLAGS.json:
+                        print(json.dumps({"file": str(path), "neighbors": [{"file": f, "distance": x}
+                                                                          for f, x in found]}))
+                    else:
+                        print(f"{path} nearest: " + "; ".join(f"{f} {x:.2f}" for f, x in found))
+                if FLAGS.contact_sheet:
+                    predict.contact_sheet(rows, FLAGS.contact_sheet)
+                    print(f"contact sheet -> {FLAGS.contact_sheet}")
+    except predict.PredictError as e:
+        print(f"alexnet-predict: error: {e}", file=sys.stderr)
+        return 2
+    return 1 if failures else 0
+
+
+def run():
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()
