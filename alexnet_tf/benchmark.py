@@ -33,3 +33,143 @@ def forward_pass(model, batch_size, *, warmup=2, repeats=5, seed=0):
     result["images_per_s"] = batch_size / result["median_s"]
     result["batch_size"] = batch_size
     return result
+
+
+def train_step(batch_size, *, precision="float32", jit=False, warmup=2, repeats=5, seed=0, width=1.0,
+               image_size=227):
+    """Images/s of the real training step (paper model unless `width`/`image_size` say otherwise)
+    on one in-memory batch. Sets the global mixed-precision policy; resets it to float32 after."""
+    import keras
+    import tensorflow as tf
+
+    from alexnet_tf import training
+    from alexnet_tf.model import build_alexnet
+
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        model = build_alexnet(1000, image_size=image_size, width=width, seed=seed)
+        optimizer = training.ColocatedSGD(0.01, momentum=0.9)
+        if precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+        step = training.make_train_step(model, optimizer, weight_decay=5e-4, global_batch_size=batch_size,
+                                        strategy=tf.distribute.get_strategy(), jit=jit)
+        images = tf.random.uniform((batch_size, image_size, image_size, 3), -120, 120, seed=seed)
+        labels = tf.random.uniform((batch_size,), 0, 1000, dtype=tf.int64, seed=seed)
+        result = time_call(lambda: float(step(images, labels)[0]), warmup=warmup, repeats=repeats)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    result.update(images_per_s=batch_size / result["median_s"], batch_size=batch_size, precision=precision,
+                  jit=jit)
+    return result
+
+
+def matmul_ceiling(n=4096, *, warmup=2, repeats=5):
+    """GFLOP/s of one large float32 tf.matmul: the machine's practical fp32 ceiling."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n), seed=1)
+    b = tf.random.normal((n, n), seed=2)
+    mm = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    result = time_call(lambda: mm().numpy(), warmup=warmup, repeats=repeats)
+    result["gflops"] = 2 * n ** 3 / result["median_s"] / 1e9
+    return result
+
+
+def write_imagenet_like_jpegs(directory, count, *, classes=10, size=(375, 500), seed=0):
+    """`count` JPEGs of ImageNet's typical size with natural-image statistics (a 1/f amplitude
+    spectrum), in class sub-folders, for pipeline benchmarks. Returns the folder."""
+    from pathlib import Path
+
+    import numpy as np
+    import tensorflow as tf
+
+    root = Path(directory)
+    rng = np.random.default_rng(seed)
+    h, w = size
+    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+    falloff = 1.0 / np.maximum(np.hypot(fy, fx), 1.0 / max(h, w))
+    for i in range(count):
+        channels = []
+        for _ in range(3):
+            spectrum = falloff * np.exp(2j * np.pi * rng.uniform(size=(h, w)))
+            channels.append(np.real(np.fft.ifft2(spectrum)))
+        image = np.stack(channels, -1)
+        image = (image - image.mean()) / (image.std() + 1e-8) * 50 + rng.uniform(80, 170, 3)
+        folder = root / f"class_{i % classes:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        jpeg = tf.io.encode_jpeg(np.clip(image, 0, 255).astype(np.uint8), quality=90).numpy()
+        (folder / f"{i:05d}.JPEG").write_bytes(jpeg)
+    return root
+
+
+def pipeline_throughput(folder, batch_size, *, crop=227, batches=20, warmup=3):
+    """Images/s of the training input pipeline alone (decode, crop, flip, PCA lighting, batch)."""
+    import tensorflow as tf
+
+    from alexnet_tf import data
+
+    source = data.load_folder(str(folder), val_fraction=0.01)
+    stats = {"mean": [120.0, 115.0, 105.0], **{k: data.IMAGENET_STATISTICS[k] for k in ("eigval", "eigvec")}}
+    ds = data.train_pipeline(source.train.cache(), stats, batch_size=batch_size, crop=crop,
+                             shuffle_buffer=1000)
+    iterator = iter(ds)
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        tf.nest.map_structure(lambda t: t.numpy(), next(iterator))
+    seconds = time.perf_counter() - start
+    return {"images_per_s": batches * batch_size / seconds, "batch_size": batch_size, "batches": batches,
+            "files": source.num_train}
+
+
+def end_to_end(folder, batch_size, *, steps=10, warmup=2, precision="float32"):
+    """Images/s of training that reads and augments JPEGs from `folder` (paper model, fp32)."""
+    import keras
+    import tensorflow as tf
+
+    from alexnet_tf import data, training
+    from alexnet_tf.model import build_alexnet
+
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        source = data.load_folder(str(folder), val_fraction=0.01)
+        stats = {"mean": [120.0, 115.0, 105.0], **{k: data.IMAGENET_STATISTICS[k] for k in ("eigval", "eigvec")}}
+        ds = data.train_pipeline(source.train.cache(), stats, batch_size=batch_size, shuffle_buffer=1000)
+        model = build_alexnet(source.num_classes, seed=0)
+        optimizer = training.ColocatedSGD(0.01, momentum=0.9)
+        optimizer.build(model.trainable_variables)
+        step = training.make_train_step(model, optimizer, weight_decay=5e-4, global_batch_size=batch_size,
+                                        strategy=tf.distribute.get_strategy())
+        iterator = iter(ds)
+        for _ in range(warmup):
+            float(step(*next(iterator))[0])
+        start = time.perf_counter()
+        for _ in range(steps):
+            float(step(*next(iterator))[0])
+        seconds = time.perf_counter() - start
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return {"images_per_s": steps * batch_size / seconds, "batch_size": batch_size, "steps": steps}
+
+
+def peak_training_memory(batch_size=128, steps=3):
+    """Peak resident memory (bytes) of a fresh process running `steps` paper-model train steps."""
+    import subprocess
+    import sys
+
+    code = (f"from alexnet_tf.benchmark import train_step; train_step({batch_size}, warmup=1, repeats={steps});"
+            "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return {"peak_rss_bytes": int(out.stdout.strip().splitlines()[-1]) * 1024, "batch_size": batch_size}
+
+
+def inference(predict_batch, batch_size, *, warmup=2, repeats=5, image_size=227, seed=0):
+    """Latency and throughput of `predict_batch(images)` (must block) on one random batch."""
+    import numpy as np
+
+    images = np.random.default_rng(seed).uniform(-120, 120, (batch_size, image_size, image_size, 3)).astype(np.float32)
+    result = time_call(lambda: predict_batch(images), warmup=warmup, repeats=repeats)
+    result.update(batch_size=batch_size, images_per_s=batch_size / result["median_s"])
+    return result

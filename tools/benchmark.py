@@ -1,20 +1,51 @@
-"""alexnet-benchmark: measure the speed of the paper model on this machine.
+"""alexnet-benchmark: how fast every part of alexnet_tf runs on this machine.
 
-    alexnet-benchmark --forward_batches=1,128 --repeats=5 [--json]
+    alexnet-benchmark                      # everything, a readable table (about 15 minutes on 2 cores)
+    alexnet-benchmark --sections=train,pipeline --json
+
+Sections: forward (inference of the Keras model), matmul (the fp32 ceiling),
+train (train step at --train_batches, fp32), precision (mixed precision and
+XLA at batch 128), pipeline (input pipeline alone on ImageNet-like JPEGs),
+e2e (training that reads those JPEGs), inference (Keras, SavedModel, TFLite
+variants; needs a trained --workdir for the agreement figures), memory (peak
+resident memory of training at batch 128). Each figure is a median over
+--repeats runs after --warmup.
 """
 
 import json
-import platform
 import os
+import platform
+import sys
+import tempfile
 
 from absl import app, flags
 
+SECTIONS = ("forward", "matmul", "train", "precision", "pipeline", "e2e", "inference", "memory")
 FLAGS = flags.FLAGS
-flags.DEFINE_list("forward_batches", ["1", "128"], "Batch sizes for the inference (forward pass) timing.")
+flags.DEFINE_list("sections", list(SECTIONS), f"Which measurements to run, any of {','.join(SECTIONS)}.")
+flags.DEFINE_list("forward_batches", ["1", "128"], "Batch sizes for the forward-pass timing.")
+flags.DEFINE_list("train_batches", ["32", "128", "256"], "Batch sizes for the fp32 train-step timing.")
 flags.DEFINE_integer("repeats", 5, "Timed repetitions per measurement (after warm-up); the median is reported.",
                      lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "Untimed calls before each measurement.", lower_bound=0)
+flags.DEFINE_integer("jpegs", 512, "ImageNet-like JPEGs (500x375) to generate for the pipeline sections.",
+                     lower_bound=64)
+flags.DEFINE_string("workdir", "runs/alexnet_shapes-paper",
+                    "A trained alexnet-train workdir for the inference section (its model is exported to "
+                    "SavedModel and TFLite and compared with Keras on validation images).")
 flags.DEFINE_boolean("json", False, "Print machine-readable JSON instead of a table.")
+
+# Training FLOPs per image: three times the forward pass's 724M multiply-adds,
+# less conv1's input gradient (nothing needs it): 2 * (3 * 724e6 - 105e6).
+TRAIN_FLOP_PER_IMAGE = 2 * (3 * 724e6 - 105.4e6)
+
+
+def parse_flags(argv):
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"alexnet-benchmark: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def machine():
@@ -29,35 +60,152 @@ def machine():
             "tensorflow": tf.__version__}
 
 
+def positive_ints(name, values):
+    try:
+        numbers = [int(v) for v in values]
+    except ValueError:
+        numbers = [0]
+    if any(n < 1 for n in numbers):
+        raise ValueError(f"--{name} must be positive integers, got {','.join(values)}")
+    return numbers
+
+
+def inference_section(workdir, repeats, warmup, log):
+    import numpy as np
+    import tensorflow as tf
+
+    from alexnet_tf import benchmark as bm, data, export, predict
+    from alexnet_tf.placement import device_free
+
+    model, config, names = export.load_trained(workdir)
+    size = model.input_shape[1]
+    preset = config["preset_values"]
+    source = data.load_dataset(config["dataset"], config.get("data_dir"), val_fraction=config["val_fraction"])
+    held_out = next(iter(data.eval_pipeline(source.validation.take(200), config["statistics"], batch_size=200,
+                                            crop=preset["image_size"], resize=preset["resize"])))[0].numpy()
+    keras_fn = tf.function(lambda x: tf.nn.softmax(device_free(model)(x, training=False)))
+    reference = keras_fn(held_out).numpy()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = export.export_savedmodel(model, names, config, tmp)
+        loaded = tf.saved_model.load(str(saved))
+        sig = loaded.signatures["preprocessed"]
+        runners = {"keras": lambda x: keras_fn(x).numpy(),
+                   "savedmodel": lambda x: sig(images=tf.constant(x))["probabilities"].numpy()}
+        sizes = {"savedmodel": sum(f.stat().st_size for f in saved.rglob("*") if f.is_file())}
+        calibration = export.representative_images(config, 100)
+        for kind in export.TFLITE_KINDS:
+            log(f"converting TFLite {kind}")
+            path = os.path.join(tmp, f"alexnet_{kind}.tflite")
+            with open(path, "wb") as f:
+                f.write(export.export_tflite(model, kind, representative_images=calibration))
+            export.write_tflite_metadata(path, saved)
+            sizes[f"tflite_{kind}"] = os.path.getsize(path)
+            runners[f"tflite_{kind}"] = predict.Classifier(path).probabilities
+        for name, run in runners.items():
+            log(f"timing {name}")
+            probs = run(held_out)
+            row = {"model": name, "size_bytes": sizes.get(name),
+                   "top1_agreement": float(np.mean(probs.argmax(1) == reference.argmax(1))),
+                   "max_prob_diff": float(np.abs(probs - reference).max()),
+                   "batch1": bm.inference(run, 1, image_size=size, repeats=max(repeats, 10), warmup=warmup),
+                   "batch64": bm.inference(run, 64, image_size=size, repeats=repeats, warmup=1)}
+            rows.append(row)
+    return rows
+
+
 def main(argv):
     del argv
+    unknown = sorted(set(FLAGS.sections) - set(SECTIONS))
     try:
-        batches = [int(b) for b in FLAGS.forward_batches]
-        if any(b < 1 for b in batches):
-            raise ValueError
-    except ValueError:
-        raise app.UsageError(f"--forward_batches must be positive integers, got {','.join(FLAGS.forward_batches)}")
+        if unknown:
+            raise ValueError(f"--sections: unknown {','.join(unknown)}; choose from {','.join(SECTIONS)}")
+        forward_batches = positive_ints("forward_batches", FLAGS.forward_batches)
+        train_batches = positive_ints("train_batches", FLAGS.train_batches)
+        if "inference" in FLAGS.sections and not os.path.exists(os.path.join(FLAGS.workdir, "config.json")):
+            raise ValueError(f"--workdir={FLAGS.workdir}: no trained run there (run make train first, or drop "
+                             f"'inference' from --sections)")
+    except ValueError as e:
+        print(f"alexnet-benchmark: error: {e}", file=sys.stderr)
+        return 2
 
-    from alexnet_tf.benchmark import forward_pass
+    from alexnet_tf import benchmark as bm
     from alexnet_tf.model import build_alexnet
 
-    model = build_alexnet(seed=0)
-    results = {"machine": machine(), "forward": [
-        forward_pass(model, b, warmup=FLAGS.warmup, repeats=FLAGS.repeats) for b in batches]}
+    log = (lambda m: print(m, file=sys.stderr)) if FLAGS.json else print
+    r, w = FLAGS.repeats, FLAGS.warmup
+    results = {"machine": machine()}
+    sections = FLAGS.sections
+    if "forward" in sections:
+        model = build_alexnet(seed=0)
+        results["forward"] = [bm.forward_pass(model, b, warmup=w, repeats=r) for b in forward_batches]
+    if "matmul" in sections or "train" in sections:
+        results["matmul"] = bm.matmul_ceiling(warmup=w, repeats=r)
+    if "train" in sections:
+        log("timing train steps")
+        results["train"] = [bm.train_step(b, warmup=w, repeats=r) for b in train_batches]
+    if "precision" in sections:
+        log("timing mixed precision and XLA")
+        results["precision"] = [bm.train_step(128, precision=p, jit=j, warmup=w, repeats=r)
+                                for p, j in (("mixed_bfloat16", False), ("mixed_float16", False),
+                                             ("float32", True), ("mixed_bfloat16", True))]
+    if "pipeline" in sections or "e2e" in sections:
+        jpegs = tempfile.mkdtemp(prefix="alexnet_bench_jpegs_")
+        log(f"writing {FLAGS.jpegs} ImageNet-like JPEGs to {jpegs}")
+        bm.write_imagenet_like_jpegs(jpegs, FLAGS.jpegs)
+        if "pipeline" in sections:
+            results["pipeline"] = bm.pipeline_throughput(jpegs, 128)
+        if "e2e" in sections:
+            log("timing end-to-end training from JPEGs")
+            results["e2e"] = bm.end_to_end(jpegs, 128, steps=max(5, r))
+    if "inference" in sections:
+        results["inference"] = inference_section(FLAGS.workdir, r, w, log)
+    if "memory" in sections:
+        log("measuring peak memory of training")
+        results["memory"] = bm.peak_training_memory(128)
     if FLAGS.json:
         print(json.dumps(results, indent=2))
-        return
+        return 0
+    print_table(results)
+    return 0
+
+
+def print_table(results):
     m = results["machine"]
-    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPUs, TensorFlow {m['tensorflow']}")
-    print(f"{'measurement':<32}{'batch':>6}{'median ms':>12}{'min..max ms':>18}{'images/s':>10}")
-    for r in results["forward"]:
-        spread = f"{r['min_s'] * 1e3:.1f}..{r['max_s'] * 1e3:.1f}"
-        print(f"{'forward, paper model, fp32':<32}{r['batch_size']:>6}{r['median_s'] * 1e3:>12.1f}{spread:>18}"
-              f"{r['images_per_s']:>10.1f}")
+    print(f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPUs, TensorFlow {m['tensorflow']}")
+    ceiling = results.get("matmul", {}).get("gflops")
+    if ceiling:
+        print(f"fp32 matmul ceiling (4096x4096): {ceiling:.0f} GFLOP/s")
+    line = "{:<40}{:>7}{:>12}{:>18}{:>11}{:>10}"
+    print(line.format("measurement", "batch", "median ms", "min..max ms", "images/s", "ceiling"))
+
+    def row(label, r, frac=None):
+        spread = f"{r['min_s'] * 1e3:.1f}..{r['max_s'] * 1e3:.1f}" if "min_s" in r else "-"
+        median = f"{r['median_s'] * 1e3:.1f}" if "median_s" in r else "-"
+        print(line.format(label, r["batch_size"], median, spread, f"{r['images_per_s']:.1f}",
+                          f"{frac:.0%}" if frac is not None else ""))
+
+    for r in results.get("forward", []):
+        row("forward, paper model, fp32", r)
+    for r in results.get("train", []) + results.get("precision", []):
+        frac = r["images_per_s"] * TRAIN_FLOP_PER_IMAGE / 1e9 / ceiling if ceiling and r["precision"] == "float32" \
+            and not r["jit"] else None
+        row(f"train step, {r['precision']}{' + XLA' if r['jit'] else ''}", r, frac)
+    if "pipeline" in results:
+        row("input pipeline alone (JPEG 500x375)", results["pipeline"])
+    if "e2e" in results:
+        row("training from JPEGs, fp32", results["e2e"])
+    for r in results.get("inference", []):
+        size = f", {r['size_bytes'] / 2**20:.0f} MiB" if r["size_bytes"] else ""
+        row(f"{r['model']}{size}", r["batch1"])
+        row(f"  top-1 agree {r['top1_agreement']:.1%}, max dp {r['max_prob_diff']:.1e}", r["batch64"])
+    if "memory" in results:
+        print(f"peak resident memory, training at batch {results['memory']['batch_size']}: "
+              f"{results['memory']['peak_rss_bytes'] / 2**30:.2f} GiB")
 
 
 def run():
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
