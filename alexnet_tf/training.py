@@ -247,10 +247,11 @@ class StepSchedule(tf.Module):
         return self.base_lr * 0.1 ** min(int(epoch // self.step_epochs), self.max_drops)
 
     def after_evaluation(self, learning_rate, top1_error, epoch):
-        del top1_error
-        return self.update(learning_rate, epoch)
+        """Evaluations do not move this schedule; `update` runs after every step."""
+        return False
 
     def update(self, learning_rate, epoch):
+        """Sets the rate for `epoch`; True if that was a drop."""
         drops = min(int(epoch // self.step_epochs), self.max_drops)
         if drops == self.drops.numpy():
             return False
@@ -464,6 +465,9 @@ def train(config, log=print, *, return_state=False):
             seconds = time.perf_counter() - t0
             step.assign_add(1)
             s = int(step.numpy())
+            if isinstance(schedule, StepSchedule) and s > config.warmup_steps and \
+                    schedule.update(learning_rate, s / steps_per_epoch):
+                log(f"\nstep {s}: learning rate divided by 10, now {float(learning_rate.numpy()):.2g}")
             if not math.isfinite(ce):
                 raise NonFiniteLoss(
                     f"the loss became {ce} at step {s}; training stopped. The last good checkpoint "

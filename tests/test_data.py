@@ -208,6 +208,14 @@ def test_imagenet2012_builds_offline_from_the_official_tars(tmp_path):
     assert sorted(val_labels) == sorted([970, 809, 65, 230])
     assert data.dataset_statistics(source, str(tmp_path)) == data.IMAGENET_STATISTICS
 
+    # One training step runs on the result (the tiny model with ImageNet's 1000 classes).
+    from alexnet_tf import training
+    config = training.TrainConfig(dataset="imagenet2012", data_dir=str(tmp_path), workdir=str(tmp_path / "run"),
+                                  preset="tiny", batch_size=4, steps=1, eval_every=1)
+    result = training.train(config, log=lambda *_: None)
+    assert result["step"] == 1 and np.isfinite(result["validation_loss"])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["num_classes"] == 1000
+
 
 def test_imagenet2012_without_tars_says_where_to_put_them(tmp_path):
     with pytest.raises(data.DatasetError, match="ILSVRC2012_img_train.tar"):

@@ -206,3 +206,23 @@ def test_warmup_ramps_the_learning_rate_then_hands_over(tmp_path, shapes_folder)
     config.steps = 7
     _, state = training.train(config, log=lambda *_: None, return_state=True)
     assert np.isclose(float(state["optimizer"].learning_rate.numpy()), 0.02)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(mixed_precision="mixed_bfloat16"),
+    dict(mixed_precision="mixed_float16"),
+    dict(jit=True),
+    dict(ten_crop=True),
+], ids=["bfloat16", "float16-loss-scaling", "xla", "ten-crop-eval"])
+def test_precision_xla_and_ten_crop_options_train_and_evaluate(tmp_path, shapes_folder, overrides):
+    config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data", steps=3, eval_every=3, **overrides)
+    result, state = training.train(config, log=lambda *_: None, return_state=True)
+    assert result["step"] == 3 and np.isfinite(result["validation_loss"])
+    assert 0 <= result["validation_top1_error"] <= 1 and result["validation_top5_error"] <= result["validation_top1_error"]
+    variables = state["model"].trainable_variables
+    assert all(v.dtype == "float32" for v in variables)  # master weights stay float32
+    if "mixed_precision" in overrides:
+        assert state["model"].get_layer("conv1_a").compute_dtype == overrides["mixed_precision"].split("_")[1]
+        assert state["model"].output.dtype == "float32"
+    if overrides.get("mixed_precision") == "mixed_float16":
+        assert isinstance(state["optimizer"], __import__("keras").optimizers.LossScaleOptimizer)

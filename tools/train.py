@@ -36,12 +36,14 @@ flags.DEFINE_float("momentum", 0.9, "Momentum of SGD.", lower_bound=0, upper_bou
 flags.DEFINE_float("weight_decay", 5e-4, "L2 penalty weight_decay/2 * sum(w^2) over kernels (the paper's rule).",
                    lower_bound=0)
 flags.DEFINE_float("dropout", 0.5, "Dropout rate after fc6 and fc7.", lower_bound=0, upper_bound=0.99)
-flags.DEFINE_enum("lr_schedule", "plateau", ["plateau", "step"],
+flags.DEFINE_enum("lr_schedule", None, ["plateau", "step"],
                   "'plateau': divide the rate by 10 when validation top-1 error stops improving for --patience "
-                  "evaluations (the paper's); 'step': divide by 10 every --step_epochs epochs.")
+                  "evaluations (the paper's, and the default); 'step': divide by 10 every --step_epochs epochs "
+                  "(the default on the embedded dataset).")
 flags.DEFINE_integer("patience", 3, "Plateau schedule: evaluations without improvement before a drop.",
                      lower_bound=1)
-flags.DEFINE_float("step_epochs", 30, "Step schedule: epochs between drops.", lower_bound=0)
+flags.DEFINE_float("step_epochs", None, "Step schedule: epochs between drops (default: 30; "
+                   f"{recipes.EMBEDDED['step_epochs']} on the embedded dataset).", lower_bound=0)
 flags.DEFINE_integer("max_drops", 3, "Divide the learning rate at most this many times.", lower_bound=0)
 flags.DEFINE_integer("eval_every", None, "Evaluate on the validation split every N steps (default: every epoch).",
                      lower_bound=1)
@@ -79,8 +81,8 @@ def config_from_flags():
         steps=FLAGS.steps, lr=FLAGS.lr,
         warmup_steps=FLAGS.warmup_steps if FLAGS.warmup_steps is not None else recipe["warmup_steps"],
         momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
-        dropout=FLAGS.dropout, lr_schedule=FLAGS.lr_schedule, patience=FLAGS.patience,
-        step_epochs=FLAGS.step_epochs, max_drops=FLAGS.max_drops,
+        dropout=FLAGS.dropout, lr_schedule=FLAGS.lr_schedule or recipe["lr_schedule"], patience=FLAGS.patience,
+        step_epochs=FLAGS.step_epochs or recipe["step_epochs"], max_drops=FLAGS.max_drops,
         eval_every=FLAGS.eval_every or recipe.get("eval_every"), ckpt_every=FLAGS.ckpt_every,
         log_every=FLAGS.log_every, ten_crop=FLAGS.ten_crop,
         tower_devices=tuple(FLAGS.tower_devices) if FLAGS.tower_devices else None,
