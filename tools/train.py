@@ -28,7 +28,8 @@ flags.DEFINE_integer("batch_size", None, "Global batch size over all replicas (d
 flags.DEFINE_float("epochs", None, "Epochs to train (default: 90, the paper's; "
                    f"{recipes.EMBEDDED['epochs']:g} on the embedded dataset).", lower_bound=0)
 flags.DEFINE_integer("steps", None, "Train this many steps in total; overrides --epochs.", lower_bound=1)
-flags.DEFINE_float("lr", 0.01, "Initial learning rate.", lower_bound=0)
+flags.DEFINE_float("lr", None, "Initial learning rate (default: 0.01, the paper's; "
+                   f"{recipes.EMBEDDED['lr']:g} on the embedded dataset).", lower_bound=0)
 flags.DEFINE_integer("warmup_steps", None, "Ramp the learning rate linearly up to --lr over this many steps "
                      f"(default: 0, the paper's constant start; {recipes.EMBEDDED['warmup_steps']} on the embedded "
                      "dataset).", lower_bound=0)
@@ -78,7 +79,7 @@ def config_from_flags():
         preset=FLAGS.preset,
         batch_size=FLAGS.batch_size or recipe["batch_size"],
         epochs=FLAGS.epochs if FLAGS.epochs is not None else recipe["epochs"],
-        steps=FLAGS.steps, lr=FLAGS.lr,
+        steps=FLAGS.steps, lr=FLAGS.lr or recipe["lr"],
         warmup_steps=FLAGS.warmup_steps if FLAGS.warmup_steps is not None else recipe["warmup_steps"],
         momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
         dropout=FLAGS.dropout, lr_schedule=FLAGS.lr_schedule or recipe["lr_schedule"], patience=FLAGS.patience,
