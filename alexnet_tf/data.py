@@ -79,6 +79,11 @@ def imagenet_class_names():
     return [r[0] for r in rows], [r[1] for r in rows]
 
 
+def _is_imagenet(name):
+    """imagenet2012 and its TFDS subsets: 1000 synset labels, ImageNet's statistics."""
+    return name.split("/")[0].split(":")[0] in ("imagenet2012", "imagenet2012_subset")
+
+
 def load_dataset(name, data_dir=None, *, val_fraction=0.05, seed=0, download=True):
     """The dataset called `name` (see the module docstring) as a `Source`."""
     if not isinstance(name, str) or not name:
@@ -123,7 +128,7 @@ def load_tfds(name, data_dir=None, *, val_fraction=0.05, download=True):
         return ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int64)))
 
     names = list(features["label"].names)
-    if name.split("/")[0].split(":")[0] in ("imagenet2012", "imagenet2012_subset"):
+    if _is_imagenet(name):
         synsets, readable = imagenet_class_names()
         lookup = dict(zip(synsets, readable))
         names = [lookup.get(n, n) for n in names]
@@ -286,7 +291,7 @@ def dataset_statistics(source, data_dir=None, *, recompute=False, max_images=200
     path = _statistics_path(source.name, data_dir)
     if path.exists() and not recompute:
         return json.loads(path.read_text())
-    if source.name.split("/")[0] in ("imagenet2012", "imagenet2012_subset") and not recompute:
+    if _is_imagenet(source.name) and not recompute:
         return dict(IMAGENET_STATISTICS)
     log(f"computing mean and PCA colour basis of {source.name} over up to {max_images} training images")
     stats = compute_statistics(source.train.map(lambda image, label: image), max_images=max_images)

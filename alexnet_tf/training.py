@@ -278,9 +278,8 @@ def first_layer_grid(model):
         hi = tf.reduce_max(k, axis=[1, 2, 3], keepdims=True)
         k = tf.pad((k - lo) / tf.maximum(hi - lo, 1e-8), [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=1.0)
         n = k.shape[0]
-        per_row = max(1, min(n, int(math.ceil(n / max(1, round(n / 16))))))
-        while n % per_row:
-            per_row += 1
+        # The first divisor of n from 16 up: 48 kernels -> 3 rows of 16.
+        per_row = next(c for c in range(min(n, 16), n + 1) if n % c == 0)
         k = tf.reshape(k, [n // per_row, per_row, *k.shape[1:]])          # [rows, cols, h, w, 3]
         k = tf.transpose(k, [0, 2, 1, 3, 4])                               # [rows, h, cols, w, 3]
         rows.append(tf.reshape(k, [k.shape[0] * k.shape[1], k.shape[2] * k.shape[3], 3]))

@@ -18,7 +18,9 @@ import platform
 import sys
 import tempfile
 
-from absl import app, flags
+from absl import flags
+
+from tools import cli
 
 SECTIONS = ("forward", "matmul", "train", "precision", "pipeline", "e2e", "inference", "memory")
 FLAGS = flags.FLAGS
@@ -38,14 +40,6 @@ flags.DEFINE_boolean("json", False, "Print machine-readable JSON instead of a ta
 # Training FLOPs per image: three times the forward pass's 724M multiply-adds,
 # less conv1's input gradient (nothing needs it): 2 * (3 * 724e6 - 105e6).
 TRAIN_FLOP_PER_IMAGE = 2 * (3 * 724e6 - 105.4e6)
-
-
-def parse_flags(argv):
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"alexnet-benchmark: error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def machine():
@@ -205,7 +199,7 @@ def print_table(results):
 
 
 def run():
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, "alexnet-benchmark")
 
 
 if __name__ == "__main__":

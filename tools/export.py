@@ -6,7 +6,9 @@
 
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from tools import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The alexnet-train workdir to export from.", required=True)
@@ -17,14 +19,6 @@ flags.DEFINE_integer("version", None, "Version folder (default: one more than th
 flags.DEFINE_list("tflite", [], "TFLite variants to write beside the SavedModel, any of "
                   "float32,float16,dynamic,int8 (int8 is calibrated on training images).")
 flags.DEFINE_integer("calibration_images", 100, "Training images for int8 calibration.", lower_bound=1)
-
-
-def parse_flags(argv):
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"alexnet-export: error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main(argv):
@@ -58,7 +52,7 @@ def main(argv):
 
 
 def run():
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, "alexnet-export")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import json
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from tools import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A SavedModel version directory or a .tflite file from alexnet-export.",
@@ -27,14 +29,6 @@ flags.DEFINE_integer("neighbors", None, "List each image's K nearest --gallery i
                      lower_bound=1)
 flags.DEFINE_string("gallery", None, "Folder of images to search with --neighbors.")
 flags.DEFINE_string("contact_sheet", None, "With --neighbors: write a PNG, one row per query and its neighbours.")
-
-
-def parse_flags(argv):
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"alexnet-predict: error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main(argv):
@@ -96,7 +90,7 @@ def main(argv):
 
 
 def run():
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, "alexnet-predict")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ Rerunning the same command resumes from the workdir's last checkpoint.
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from alexnet_tf import recipes
+from tools import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", recipes.DEFAULT_DATASET,
@@ -121,17 +122,8 @@ def main(argv):
     return 0
 
 
-def parse_flags(argv):
-    """absl's parser, but a bad value is one line naming the flag, exit status 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"alexnet-train: error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def run():
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, "alexnet-train")
 
 
 if __name__ == "__main__":
