@@ -159,8 +159,10 @@ def peak_training_memory(batch_size=128, steps=3):
     import subprocess
     import sys
 
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across fork and
+    # exec, so a child would report its parent's peak if that was higher.
     code = (f"from alexnet_tf.benchmark import train_step; train_step({batch_size}, warmup=1, repeats={steps});"
-            "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return {"peak_rss_bytes": int(out.stdout.strip().splitlines()[-1]) * 1024, "batch_size": batch_size}
 
