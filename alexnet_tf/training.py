@@ -14,7 +14,6 @@ Nothing here reads flags; `tools/train.py` turns flags into a `TrainConfig`.
 import dataclasses
 import json
 import math
-import os
 import signal
 import time
 from pathlib import Path

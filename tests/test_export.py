@@ -1,6 +1,5 @@
 """Export a tiny trained model; SavedModel, TFLite and the predict CLI agree with Keras."""
 
-import io
 import json
 import os
 import subprocess

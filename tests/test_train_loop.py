@@ -68,6 +68,7 @@ def cli(*args, **kwargs):
     ("--lr_schedule=cosine", "--lr_schedule"),
     ("--tower_devices=/CPU:0", "--tower_devices"),
     ("--dataset=folder:/nonexistent/place", "/nonexistent/place"),
+    ("--lr=0", "--lr=0.0: must be > 0"),
 ])
 def test_cli_bad_value_is_one_line_naming_it(tmp_path, flag, shown):
     proc = cli(flag, f"--workdir={tmp_path}/w", f"--data_dir={tmp_path}/d")

@@ -1,6 +1,4 @@
-import json
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf

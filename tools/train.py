@@ -80,11 +80,12 @@ def config_from_flags():
         preset=FLAGS.preset,
         batch_size=FLAGS.batch_size or recipe["batch_size"],
         epochs=FLAGS.epochs if FLAGS.epochs is not None else recipe["epochs"],
-        steps=FLAGS.steps, lr=FLAGS.lr or recipe["lr"],
+        steps=FLAGS.steps, lr=FLAGS.lr if FLAGS.lr is not None else recipe["lr"],
         warmup_steps=FLAGS.warmup_steps if FLAGS.warmup_steps is not None else recipe["warmup_steps"],
         momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
         dropout=FLAGS.dropout, lr_schedule=FLAGS.lr_schedule or recipe["lr_schedule"], patience=FLAGS.patience,
-        step_epochs=FLAGS.step_epochs or recipe["step_epochs"], max_drops=FLAGS.max_drops,
+        step_epochs=FLAGS.step_epochs if FLAGS.step_epochs is not None else recipe["step_epochs"],
+        max_drops=FLAGS.max_drops,
         eval_every=FLAGS.eval_every or recipe.get("eval_every"), ckpt_every=FLAGS.ckpt_every,
         log_every=FLAGS.log_every, ten_crop=FLAGS.ten_crop,
         tower_devices=tuple(FLAGS.tower_devices) if FLAGS.tower_devices else None,
@@ -101,7 +102,10 @@ def main(argv):
 
     try:
         config = config_from_flags()
-        config.check()
+        try:
+            config.check()
+        except ValueError as e:  # "field=value: why" names the flag of the same name
+            raise ValueError(f"--{e}") from None
         result = train(config)
     except (DatasetError, NonFiniteLoss) as e:
         print(f"alexnet-train: error: {e}", file=sys.stderr)
