@@ -207,6 +207,10 @@ def make_eval_step(model, strategy, *, ten_crop=False):
 # Learning-rate schedules (their state is checkpointed)
 # ----------------------------------------------------------------------------
 
+# Both schedules have two hooks, `after_step(learning_rate, epoch)` and
+# `after_evaluation(learning_rate, top1_error)`; each may divide `learning_rate`
+# (a variable) by 10 and returns True when it did.
+
 class PlateauSchedule(tf.Module):
     """The paper's: divide the rate by 10 when validation top-1 error has not improved
     for `patience` evaluations, at most `max_drops` times."""
@@ -218,9 +222,10 @@ class PlateauSchedule(tf.Module):
         self.evals_since_best = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.drops = tf.Variable(0, dtype=tf.int64, trainable=False)
 
-    def after_evaluation(self, learning_rate, top1_error, epoch):
-        """Updates the state; divides `learning_rate` (a variable) by 10 if due. True if it did."""
-        del epoch
+    def after_step(self, learning_rate, epoch):
+        return False
+
+    def after_evaluation(self, learning_rate, top1_error):
         if top1_error < self.best_error.numpy():
             self.best_error.assign(top1_error)
             self.evals_since_best.assign(0)
@@ -245,18 +250,17 @@ class StepSchedule(tf.Module):
     def rate_at(self, epoch):
         return self.base_lr * 0.1 ** min(int(epoch // self.step_epochs), self.max_drops)
 
-    def after_evaluation(self, learning_rate, top1_error, epoch):
-        """Evaluations do not move this schedule; `update` runs after every step."""
-        return False
-
-    def update(self, learning_rate, epoch):
-        """Sets the rate for `epoch`; True if that was a drop."""
+    def after_step(self, learning_rate, epoch):
+        """Sets the rate for `epoch`."""
         drops = min(int(epoch // self.step_epochs), self.max_drops)
         if drops == self.drops.numpy():
             return False
         learning_rate.assign(self.rate_at(epoch))
         self.drops.assign(drops)
         return True
+
+    def after_evaluation(self, learning_rate, top1_error):
+        return False
 
 
 # ----------------------------------------------------------------------------
@@ -436,6 +440,9 @@ def train(config, log=print, *, return_state=False):
         return {"loss": totals[0] / num_eval, "top1_error": 1 - totals[1] / num_eval,
                 "top5_error": 1 - totals[2] / num_eval}
 
+    def report_drop(s):
+        log(f"\nstep {s}: learning rate divided by 10, now {float(learning_rate.numpy()):.2g}")
+
     # SIGTERM (preemption): finish the current step, checkpoint, exit.
     preempted = []
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: preempted.append(signum))
@@ -463,9 +470,9 @@ def train(config, log=print, *, return_state=False):
             seconds = time.perf_counter() - t0
             step.assign_add(1)
             s = int(step.numpy())
-            if isinstance(schedule, StepSchedule) and s > config.warmup_steps and \
-                    schedule.update(learning_rate, s / steps_per_epoch):
-                log(f"\nstep {s}: learning rate divided by 10, now {float(learning_rate.numpy()):.2g}")
+            # The schedules act once the warm-up is over.
+            if s > config.warmup_steps and schedule.after_step(learning_rate, s / steps_per_epoch):
+                report_drop(s)
             if not math.isfinite(ce):
                 raise NonFiniteLoss(
                     f"the loss became {ce} at step {s}; training stopped. The last good checkpoint "
@@ -491,8 +498,8 @@ def train(config, log=print, *, return_state=False):
             if s % eval_every == 0 or s == total_steps:
                 last_eval = evaluate()
                 epoch = s / steps_per_epoch
-                if schedule.after_evaluation(learning_rate, last_eval["top1_error"], epoch):
-                    log(f"\nstep {s}: learning rate divided by 10, now {float(learning_rate.numpy()):.2g}")
+                if schedule.after_evaluation(learning_rate, last_eval["top1_error"]):
+                    report_drop(s)
                 _write_summaries(val_writer, s, last_eval)
                 _write_summaries(train_writer, s, {}, model=model, images=True)
                 if chief:

@@ -227,3 +227,16 @@ def test_precision_xla_and_ten_crop_options_train_and_evaluate(tmp_path, shapes_
         assert state["model"].output.dtype == "float32"
     if overrides.get("mixed_precision") == "mixed_float16":
         assert isinstance(state["optimizer"], __import__("keras").optimizers.LossScaleOptimizer)
+
+
+def test_step_schedule_drops_inside_the_loop(tmp_path, shapes_folder):
+    config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data", lr=0.01, lr_schedule="step",
+                         step_epochs=1, steps=1, eval_every=100)
+    result, state = training.train(config, log=lambda *_: None, return_state=True)
+    steps_per_epoch = json.loads((tmp_path / "run" / "config.json").read_text())["steps_per_epoch"]
+    assert np.isclose(float(state["optimizer"].learning_rate.numpy()), 0.01)
+    logs = []
+    config.steps = steps_per_epoch + 1
+    _, state = training.train(config, log=logs.append, return_state=True)
+    assert np.isclose(float(state["optimizer"].learning_rate.numpy()), 0.001)
+    assert any(f"step {steps_per_epoch}: learning rate divided by 10" in line for line in logs), logs

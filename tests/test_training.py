@@ -65,7 +65,8 @@ def test_plateau_schedule_divides_by_ten_after_patience_evaluations():
     lr = tf.Variable(0.01)
     schedule = training.PlateauSchedule(patience=2, max_drops=2)
     errors = [0.9, 0.8, 0.8, 0.85, 0.7, 0.75, 0.72, 0.71, 0.71, 0.71, 0.71, 0.71]
-    drops = [schedule.after_evaluation(lr, e, epoch=i) for i, e in enumerate(errors)]
+    assert not schedule.after_step(lr, epoch=5.0)  # steps do not move it
+    drops = [schedule.after_evaluation(lr, e) for e in errors]
     # Two evaluations without beating the best (0.8) -> drop; then 0.7 is a new
     # best; two more without -> second drop; max_drops=2 stops further drops.
     assert drops == [False, False, False, True, False, False, True, False, False, False, False, False]
@@ -78,8 +79,8 @@ def test_step_schedule_divides_by_ten_every_n_epochs():
     schedule = training.StepSchedule(base_lr=0.01, step_epochs=2, max_drops=2)
     rates = []
     for epoch in [0.5, 1.9, 2.0, 3.5, 4.1, 6.0, 9.0]:
-        assert not schedule.after_evaluation(lr, 0.5, epoch)  # evaluations do not move it
-        schedule.update(lr, epoch)
+        assert not schedule.after_evaluation(lr, 0.5)  # evaluations do not move it
+        schedule.after_step(lr, epoch)
         rates.append(float(lr.numpy()))
     np.testing.assert_allclose(rates, [0.01, 0.01, 0.001, 0.001, 0.0001, 0.0001, 0.0001], rtol=1e-6)
 
@@ -88,7 +89,7 @@ def test_schedule_state_is_checkpointed(tmp_path):
     schedule = training.PlateauSchedule(patience=3, max_drops=3)
     lr = tf.Variable(0.01)
     for e in (0.5, 0.6, 0.6):
-        schedule.after_evaluation(lr, e, 0)
+        schedule.after_evaluation(lr, e)
     tf.train.Checkpoint(schedule=schedule).write(str(tmp_path / "ckpt"))
     restored = training.PlateauSchedule(patience=3, max_drops=3)
     tf.train.Checkpoint(schedule=restored).read(str(tmp_path / "ckpt")).assert_consumed()
