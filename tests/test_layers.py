@@ -38,6 +38,59 @@ def test_matches_paper_formula_in_tf_function(activations):
     np.testing.assert_allclose(got, lrn_reference(activations), rtol=1e-5, atol=1e-5)
 
 
+def lrn_gradient_reference(a, dy, n=5, k=2.0, alpha=1e-4, beta=0.75):
+    """d(sum(dy * lrn(a)))/da by central differences of the NumPy formula, in float64."""
+    a = np.asarray(a, np.float64)
+    grad = np.empty_like(a)
+    step = 1e-3
+    for index in np.ndindex(a.shape):
+        plus, minus = a.copy(), a.copy()
+        plus[index] += step
+        minus[index] -= step
+        grad[index] = np.sum(dy * (lrn_reference(plus, n, k, alpha, beta)
+                                   - lrn_reference(minus, n, k, alpha, beta))) / (2 * step)
+    return grad
+
+
+# beta 0.75 and 0.5 take the rsqrt paths, 0.6 the general pow.
+@pytest.mark.parametrize("params", [{}, dict(n=3, k=1.0, alpha=1e-3, beta=0.5), dict(alpha=3e-4, beta=0.6)])
+@pytest.mark.parametrize("mode", ["eager", "tf.function"])
+def test_gradient_matches_the_formulas_derivative(params, mode):
+    rng = np.random.default_rng(1)
+    a = (rng.normal(size=(1, 2, 2, 7)) * 40).astype(np.float32)
+    dy = rng.normal(size=a.shape).astype(np.float32)
+    layer = LocalResponseNormalization(**params)
+
+    def grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+        return tape.gradient(y, x, output_gradients=tf.constant(dy))
+
+    got = (tf.function(grad) if mode == "tf.function" else grad)(tf.constant(a)).numpy()
+    want = lrn_gradient_reference(a, dy, **params)
+    # The normalization must matter: the gradient is far from dy / k^beta alone.
+    assert np.abs(want - dy / (layer.k ** layer.beta)).max() > 0.05 * np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+
+
+def test_value_and_gradient_equal_tensorflows_kernel():
+    """Same function as tf.nn.local_response_normalization, on a tower-sized slice."""
+    rng = np.random.default_rng(2)
+    x = tf.constant((rng.normal(size=(2, 13, 13, 48)) * 30).astype(np.float32))
+    dy = tf.constant(rng.normal(size=x.shape).astype(np.float32))
+    results = []
+    for fn in (LocalResponseNormalization(),
+               lambda t: tf.nn.local_response_normalization(t, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        results.append((y.numpy(), tape.gradient(y, x, output_gradients=dy).numpy()))
+    (y, dx), (y_tf, dx_tf) = results
+    np.testing.assert_allclose(y, y_tf, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dx_tf, rtol=1e-4, atol=1e-5)
+
+
 def test_defaults_are_the_papers_constants():
     layer = LocalResponseNormalization()
     assert (layer.n, layer.k, layer.alpha, layer.beta) == (5, 2.0, 1e-4, 0.75)
@@ -50,8 +103,8 @@ def test_computes_in_float32_under_mixed_precision(activations):
     out = fn(tf.constant(activations))
     assert out.dtype == tf.bfloat16  # output in the policy's compute dtype
     graph = fn.get_concrete_function(tf.constant(activations)).graph
-    lrn_ops = [op for op in graph.get_operations() if op.type == "LRN"]
-    assert lrn_ops and all(op.get_attr("T") == tf.float32 for op in lrn_ops)
+    arithmetic = [op for op in graph.get_operations() if op.type in ("Square", "MatMul", "Rsqrt", "Mul")]
+    assert arithmetic and all(op.get_attr("T") == tf.float32 for op in arithmetic)
     rounded = tf.cast(tf.cast(activations, tf.bfloat16), tf.float32).numpy()
     np.testing.assert_allclose(tf.cast(out, tf.float32).numpy(), lrn_reference(rounded), rtol=1e-2, atol=1e-2)
 

@@ -27,8 +27,9 @@ def describe(graph):
 TOWER_OP = re.compile(r"(?:^|/)(?:conv\d|norm\d|pool\d|merge\d|flatten6|fc\d|drop\d)_([ab])(?:_\d+)?/")
 HEAD_OP = re.compile(r"(?:^|/)(?:fc8|fc7_features)(?:_\d+)?/")
 DEVICE = {"a": "/device:CPU:0", "b": "/device:CPU:1"}
-COMPUTE = {"Conv2D", "MatMul", "LRN", "MaxPool", "Relu", "BiasAdd", "ConcatV2",
-           "Conv2DBackpropFilter", "Conv2DBackpropInput", "LRNGrad", "MaxPoolGrad", "ReluGrad", "BiasAddGrad"}
+# LRN is a matmul plus elementwise ops (alexnet_tf/layers.py); Rsqrt and RealDiv occur only there.
+COMPUTE = {"Conv2D", "MatMul", "Square", "Rsqrt", "Sqrt", "RealDiv", "Mul", "MaxPool", "Relu", "BiasAdd",
+           "ConcatV2", "Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "ReluGrad", "BiasAddGrad"}
 
 
 def tower_of(op_name):
@@ -79,9 +80,9 @@ def test_every_tower_op_runs_on_its_towers_device(traced, pass_):
         if tower and op["type"] in COMPUTE:
             assert op["device"] == DEVICE[tower], op
             checked[tower].add(op["type"])
-    want = {"Conv2D", "MatMul", "LRN", "MaxPool", "ConcatV2"}
+    want = {"Conv2D", "MatMul", "Rsqrt", "MaxPool", "ConcatV2"}
     if pass_ == "backward":
-        want |= {"Conv2DBackpropFilter", "LRNGrad", "MaxPoolGrad", "ReluGrad", "BiasAddGrad"}
+        want |= {"Conv2DBackpropFilter", "RealDiv", "MaxPoolGrad", "ReluGrad", "BiasAddGrad"}
     for tower in "ab":
         assert want <= checked[tower], (tower, want - checked[tower])
     assert traced["finite"]
