@@ -2,6 +2,7 @@
 neighbours by fc7 features as in the paper's Figure 4. Used by tools/predict.py."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,8 @@ class Classifier:
             meta = json.loads(sidecar.read_text())
             self.class_names = meta["class_names"]
             from ai_edge_litert.interpreter import Interpreter
-            self._interpreter = Interpreter(model_path=str(path), num_threads=None)
+            # TFLite's default is one thread; the SavedModel uses every core.
+            self._interpreter = Interpreter(model_path=str(path), num_threads=len(os.sched_getaffinity(0)))
             self._interpreter.allocate_tensors()
             self._saved = None
         else:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -116,6 +117,29 @@ def test_quantized_tflite_agrees_on_top1(trained, held_out):
         top1 = np.argmax(predict.Classifier(trained["tflite"][kind]).probabilities(images), axis=1)
         agreement = np.mean(top1 == reference)
         assert agreement >= 0.95, (kind, agreement)
+
+
+def test_int8_tflite_is_integer_except_lrn(trained):
+    """Convolutions and fully connected layers compute in int8; LRN's ops in float32."""
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=str(trained["tflite"]["int8"]))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    seen = set()
+    for op in interpreter._get_ops_details():  # what tf.lite's Analyzer reads too
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        output = tensors[op["outputs"][0]]
+        m = re.search(r"/(conv\d_[ab]|fc[678](?:_[ab])?|norm\d_[ab])(?:_\d+)?/", output["name"])
+        if not m:
+            continue
+        layer = m.group(1)
+        dtypes = {tensors[i]["dtype"].__name__ for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0}
+        if layer.startswith("norm"):
+            assert dtypes == {"float32"}, (layer, op["op_name"], dtypes)
+        elif op["op_name"] in ("CONV_2D", "FULLY_CONNECTED"):
+            assert "float32" not in dtypes, (layer, op["op_name"], dtypes)  # int8, int32 biases
+        seen.add(layer)
+    assert {f"norm{i}_{t}" for i in (1, 2) for t in "ab"} | {"conv1_a", "conv5_b", "fc6_a", "fc7_b"} <= seen, seen
 
 
 def test_bytes_signature_equals_python_preprocessing_then_float_signature(trained, held_out):
