@@ -181,3 +181,86 @@ def inference(predict_batch, batch_size, *, warmup=2, repeats=5, image_size=227,
     result = time_call(lambda: predict_batch(images), warmup=warmup, repeats=repeats)
     result.update(batch_size=batch_size, images_per_s=batch_size / result["median_s"])
     return result
+
+
+def profile_train_step(logdir, batch_size=128, *, steps=3, precision="float32", width=1.0, image_size=227):
+    """Records a TF profiler trace of `steps` train steps into `logdir` (TensorBoard's Profile tab
+    reads it) and returns the trace's *.xplane.pb paths.
+
+    Runs in a fresh process with one inter-op thread: ops then run one at a
+    time, each on every core, so their self-times add up to the step's wall
+    time and can be compared with each other. (Training itself runs the two
+    towers' ops concurrently, which measured the same speed within noise.)
+    """
+    import glob
+    import subprocess
+    import sys
+
+    code = f"""
+import tensorflow as tf
+tf.config.threading.set_inter_op_parallelism_threads(1)
+import keras
+from alexnet_tf import training
+from alexnet_tf.model import build_alexnet
+keras.mixed_precision.set_global_policy({precision!r})
+model = build_alexnet(1000, image_size={image_size}, width={width}, seed=0)
+optimizer = training.ColocatedSGD(0.01, momentum=0.9)
+optimizer.build(model.trainable_variables)
+step = training.make_train_step(model, optimizer, weight_decay=5e-4, global_batch_size={batch_size},
+                                strategy=tf.distribute.get_strategy())
+images = tf.random.uniform(({batch_size}, {image_size}, {image_size}, 3), -120, 120, seed=0)
+labels = tf.random.uniform(({batch_size},), 0, 1000, dtype=tf.int64, seed=0)
+for _ in range(2):
+    float(step(images, labels)[0])
+tf.profiler.experimental.start({str(logdir)!r})
+for i in range({steps}):
+    with tf.profiler.experimental.Trace("train", step_num=i, _r=1):
+        float(step(images, labels)[0])
+tf.profiler.experimental.stop()
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return sorted(glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb"))
+
+
+def layer_breakdown(xplane_paths, steps):
+    """Milliseconds per step by (layer, pass) from a profile: the TF ops of each named layer,
+    forward ("fwd") and backward ("bwd"); the momentum update and weight decay as "optimizer".
+    Uses xprof (TensorBoard's profile plugin) to read the trace."""
+    import collections
+    import json
+    import re
+
+    from xprof.convert import raw_to_tool_data
+
+    raw, _ = raw_to_tool_data.xspace_to_tool_data(xplane_paths, "framework_op_stats", {})
+    table = json.loads(raw)[0]
+    columns = [c["id"] for c in table["cols"]]
+    layer = re.compile(r"(?:^|/)alexnet(?:_\d+)?/([a-z]+\d*(?:_[ab])?|fc7_features)(?:_\d+)?/")
+    times = collections.Counter()
+    for values in table["rows"]:
+        op = dict(zip(columns, (cell.get("v") for cell in values["c"])))
+        if op["type"] == "IDLE":
+            continue
+        if m := layer.search(op["operation"]):
+            key = (m.group(1), "bwd" if op["operation"].startswith("gradients/") else "fwd")
+        elif re.search(r"sgd|L2Loss|AddN", op["operation"], re.IGNORECASE):
+            key = ("optimizer", "")
+        else:
+            key = ("other", "")
+        times[key] += op["total_self_time"] / 1e3 / steps
+    return dict(times)
+
+
+def layer_flops(model, batch_size):
+    """Forward FLOPs (2 x multiply-adds) of each Conv2D and Dense layer of `model` for one batch."""
+    import keras
+
+    flops = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c = layer.output.shape
+            kh, kw = layer.kernel_size
+            flops[layer.name] = 2 * h * w * c * kh * kw * layer.kernel.shape[2] * batch_size
+        elif isinstance(layer, keras.layers.Dense):
+            flops[layer.name] = 2 * layer.kernel.shape[0] * layer.kernel.shape[1] * batch_size
+    return flops

@@ -8,8 +8,12 @@ train (train step at --train_batches, fp32), precision (mixed precision and
 XLA at batch 128), pipeline (input pipeline alone on ImageNet-like JPEGs),
 e2e (training that reads those JPEGs), inference (Keras, SavedModel, TFLite
 variants; needs a trained --workdir for the agreement figures), memory (peak
-resident memory of training at batch 128). Each figure is a median over
---repeats runs after --warmup.
+resident memory of training at batch 128), profile (a TF profiler trace of the
+fp32 train step at batch 128 in --profile_dir, and the time per layer and pass
+read from it). Each figure is a median over --repeats runs after --warmup.
+
+See the trace in TensorBoard's Profile tab:
+    tensorboard --logdir=runs/benchmark_profile
 """
 
 import json
@@ -22,7 +26,7 @@ from absl import flags
 
 from tools import cli
 
-SECTIONS = ("forward", "matmul", "train", "precision", "pipeline", "e2e", "inference", "memory")
+SECTIONS = ("forward", "matmul", "train", "precision", "pipeline", "e2e", "inference", "memory", "profile")
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sections", list(SECTIONS), f"Which measurements to run, any of {','.join(SECTIONS)}.")
 flags.DEFINE_list("forward_batches", ["1", "128"], "Batch sizes for the forward-pass timing.")
@@ -35,6 +39,8 @@ flags.DEFINE_integer("jpegs", 512, "ImageNet-like JPEGs (500x375) to generate fo
 flags.DEFINE_string("workdir", "runs/alexnet_shapes-paper",
                     "A trained alexnet-train workdir for the inference section (its model is exported to "
                     "SavedModel and TFLite and compared with Keras on validation images).")
+flags.DEFINE_string("profile_dir", "runs/benchmark_profile",
+                    "Where the profile section writes its TF profiler trace (a TensorBoard log directory).")
 flags.DEFINE_boolean("json", False, "Print machine-readable JSON instead of a table.")
 
 # Training FLOPs per image: three times the forward pass's 724M multiply-adds,
@@ -108,6 +114,27 @@ def inference_section(workdir, repeats, warmup, log):
     return rows
 
 
+def profile_section(logdir, steps=3, batch_size=128):
+    """Per-layer forward and backward milliseconds per step, with each conv/fc layer's GFLOP/s."""
+    from alexnet_tf import benchmark as bm
+    from alexnet_tf.model import build_alexnet
+
+    paths = bm.profile_train_step(logdir, batch_size, steps=steps)
+    flops = bm.layer_flops(build_alexnet(1000), batch_size)
+    times = bm.layer_breakdown(paths, steps)
+    rows = []
+    for (layer, pass_), ms in sorted(times.items(), key=lambda kv: -kv[1]):
+        forward = flops.get(layer)
+        # Backward: input and weight gradients, each as costly as the forward
+        # pass; conv1 has no input gradient.
+        work = forward if pass_ == "fwd" or (forward and layer.startswith("conv1")) else \
+            2 * forward if forward else None
+        rows.append({"layer": layer, "pass": pass_, "ms_per_step": ms,
+                     "gflops": work / ms / 1e6 if work else None})
+    return {"logdir": logdir, "steps": steps, "batch_size": batch_size, "layers": rows,
+            "step_ms": sum(r["ms_per_step"] for r in rows)}
+
+
 def main(argv):
     del argv
     unknown = sorted(set(FLAGS.sections) - set(SECTIONS))
@@ -157,6 +184,9 @@ def main(argv):
     if "memory" in sections:
         log("measuring peak memory of training")
         results["memory"] = bm.peak_training_memory(128)
+    if "profile" in sections:
+        log(f"profiling the fp32 train step at batch 128 into {FLAGS.profile_dir}")
+        results["profile"] = profile_section(FLAGS.profile_dir)
     if FLAGS.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -193,6 +223,16 @@ def print_table(results):
         size = f", {r['size_bytes'] / 2**20:.0f} MiB" if r["size_bytes"] else ""
         row(f"{r['model']}{size}", r["batch1"])
         row(f"  top-1 agree {r['top1_agreement']:.1%}, max dp {r['max_prob_diff']:.1e}", r["batch64"])
+    if "profile" in results:
+        p = results["profile"]
+        print(f"\nprofile of the fp32 train step at batch {p['batch_size']} (ops one at a time, "
+              f"{p['step_ms']:.0f} ms/step; trace in {p['logdir']}):")
+        print("{:<14}{:>5}{:>10}{:>8}{:>10}".format("layer", "pass", "ms/step", "share", "GFLOP/s"))
+        for r in p["layers"]:
+            if r["ms_per_step"] >= 0.005 * p["step_ms"]:
+                print("{:<14}{:>5}{:>10.1f}{:>8.1%}{:>10}".format(
+                    r["layer"], r["pass"], r["ms_per_step"], r["ms_per_step"] / p["step_ms"],
+                    f"{r['gflops']:.0f}" if r["gflops"] else ""))
     if "memory" in results:
         print(f"peak resident memory, training at batch {results['memory']['batch_size']}: "
               f"{results['memory']['peak_rss_bytes'] / 2**30:.2f} GiB")

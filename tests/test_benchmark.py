@@ -1,0 +1,41 @@
+"""The benchmark's building blocks: timing, FLOP counting and the profile breakdown."""
+
+import pytest
+
+from alexnet_tf import benchmark
+from alexnet_tf.model import build_alexnet
+from conftest import TINY
+
+
+def test_time_call_runs_warmup_then_repeats_and_reports_their_spread():
+    calls = []
+    result = benchmark.time_call(lambda: calls.append(1), warmup=3, repeats=4)
+    assert len(calls) == 7
+    assert result["repeats"] == 4
+    assert 0 <= result["min_s"] <= result["median_s"] <= result["max_s"]
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        benchmark.time_call(lambda: None, repeats=0)
+
+
+def test_layer_flops_add_up_to_the_papers_multiply_adds():
+    flops = benchmark.layer_flops(build_alexnet(1000), batch_size=2)
+    # conv1 of one tower: 55x55 outputs x 48 filters x 11x11x3 weights each.
+    assert flops["conv1_a"] == 2 * 55 * 55 * 48 * 11 * 11 * 3 * 2
+    assert flops["fc6_a"] == 2 * (6 * 6 * 256) * 2048 * 2
+    # The paper's network: about 724 million multiply-adds per image.
+    assert sum(flops.values()) / (2 * 2) == pytest.approx(724e6, rel=0.01)
+
+
+def test_profile_of_a_train_step_names_every_layer_forward_and_backward(tmp_path):
+    steps = 2
+    paths = benchmark.profile_train_step(tmp_path / "profile", batch_size=4, steps=steps,
+                                         width=TINY["width"], image_size=TINY["image_size"])
+    assert paths and all(p.endswith(".xplane.pb") for p in paths)
+    times = benchmark.layer_breakdown(paths, steps)
+    for tower in "ab":
+        for layer in ("conv1", "norm1", "conv2", "norm2", "conv5", "fc6", "fc7"):
+            for pass_ in ("fwd", "bwd"):
+                assert times.get((f"{layer}_{tower}", pass_), 0) > 0, (layer, tower, pass_)
+    assert times[("optimizer", "")] > 0
+    # Nothing of the model is left unattributed except glue (the loss, casts, reads).
+    assert times.get(("other", ""), 0) < 0.2 * sum(times.values())
