@@ -41,7 +41,7 @@ def test_decode_center_256_takes_the_central_square(fmt):
     data = encode(array, fmt)
     # Reference: decode everything, then crop; the fused crop must see the same window.
     full = tf.io.decode_image(data, channels=3).numpy()
-    want = tf.image.resize(full[:, 50:350].astype(np.float32), (256, 256), antialias=True).numpy()
+    want = tf.image.resize(full[:, 50:350].astype(np.float32), (256, 256), method="area").numpy()
     for got in both_modes(pp.decode_center_256, data):
         assert got.shape == (256, 256, 3) and got.dtype == tf.float32
         # A partial JPEG decode upsamples chroma differently at the window's
@@ -53,9 +53,27 @@ def test_decode_center_256_takes_the_central_square(fmt):
 def test_decode_center_256_portrait_and_grayscale():
     data = encode(smooth_image(400, 300)[..., 0])  # portrait grayscale: rows 50..349
     full = tf.io.decode_jpeg(data, channels=1).numpy()
-    want = tf.image.resize(np.repeat(full[50:350], 3, -1).astype(np.float32), (256, 256), antialias=True).numpy()
+    want = tf.image.resize(np.repeat(full[50:350], 3, -1).astype(np.float32), (256, 256), method="area").numpy()
     for got in both_modes(pp.decode_center_256, data):
         np.testing.assert_allclose(got.numpy(), want, atol=1.0)
+
+
+def test_decode_center_256_shrinks_without_aliasing_and_enlarges_smoothly():
+    # Stripes one pixel wide every three, 768 wide: a 3:1 shrink. Sampled (plain
+    # bilinear) they alias: every sample lands on a dark pixel. Averaged, every
+    # output pixel covers one bright and two dark pixels: a flat 85.
+    stripes = np.zeros((768, 768, 3), np.uint8)
+    stripes[:, ::3] = 255
+    data = encode(stripes, "PNG")
+    aliased = tf.image.resize(stripes.astype(np.float32), (256, 256), method="bilinear").numpy()
+    assert abs(aliased.mean() - 85) > 40
+    for got in both_modes(pp.decode_center_256, data):
+        np.testing.assert_allclose(got.numpy(), 85.0, atol=0.01)
+    # A small image is enlarged bilinearly: a ramp stays a ramp, without steps.
+    ramp = np.tile(np.linspace(0, 255, 100, dtype=np.float32)[None, :, None], (100, 1, 3)).astype(np.uint8)
+    for got in both_modes(pp.decode_center_256, encode(ramp, "PNG")):
+        steps = np.diff(got.numpy()[50, 20:-20, 0])
+        assert steps.min() >= -0.01 and steps.max() < 2.0, (steps.min(), steps.max())
 
 
 def test_pca_lighting_matches_numpy():
