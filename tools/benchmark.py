@@ -178,7 +178,7 @@ def main(argv):
             results["pipeline"] = bm.pipeline_throughput(jpegs, 128)
         if "e2e" in sections:
             log("timing end-to-end training from JPEGs")
-            results["e2e"] = bm.end_to_end(jpegs, 128, steps=max(5, r))
+            results["e2e"] = bm.end_to_end(jpegs, 128, steps=max(10, r))
     if "inference" in sections:
         results["inference"] = inference_section(FLAGS.workdir, r, w, log)
     if "memory" in sections:
