@@ -193,6 +193,12 @@ def test_tensorboard_serves_the_scalars_and_the_kernel_image(tmp_path, shapes_fo
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         histograms = json.loads(get("/data/plugin/histograms/tags"))
         assert any(tag.startswith("weights/conv1_a") for tag in histograms["train"])
+        # Every weight of the kernel is counted once, in buckets that tile its range.
+        series = json.loads(get("/data/plugin/histograms/histograms?run=train&tag=weights/conv1_a/kernel"))
+        buckets = np.array(series[-1][2])
+        assert buckets.shape == (30, 3)
+        assert buckets[:, 2].sum() == 11 * 11 * 3 * round(48 * training.PRESETS["tiny"]["width"])
+        np.testing.assert_allclose(buckets[1:, 0], buckets[:-1, 1])
     finally:
         board.terminate()
         board.wait(timeout=30)

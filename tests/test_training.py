@@ -119,3 +119,23 @@ def test_config_errors_name_the_field(field, value, message):
         config.tower_devices = ("/CPU:0", "/CPU:0")
     with pytest.raises(ValueError, match=message):
         config.check()
+
+
+def test_weight_histogram_writes_what_tf_summary_histogram_writes(tmp_path):
+    values = tf.constant(np.random.default_rng(3).normal(0, 0.01, (11, 11, 3, 6)).astype(np.float32))
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with writer.as_default(step=1):
+        training.weight_histogram("ours", values)
+        tf.summary.histogram("tensorboards", values)
+    writer.flush()
+    records, plugins = {}, {}
+    for path in tmp_path.iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                records[value.tag] = tf.make_ndarray(value.tensor)
+                plugins[value.tag] = value.metadata.plugin_data.plugin_name
+    ours, theirs = records["ours"], records["tensorboards"]
+    assert plugins["ours"] == plugins["tensorboards"] == "histograms"
+    assert ours.shape == theirs.shape == (30, 3) and ours.dtype == theirs.dtype
+    np.testing.assert_allclose(ours[:, :2], theirs[:, :2], rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(ours[:, 2], theirs[:, 2])
