@@ -222,10 +222,37 @@ tf.profiler.experimental.stop()
     return sorted(glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb"))
 
 
+def _async_op_times(xplane_paths):
+    """{op name: picoseconds} of the asynchronous kernels in a trace, which xprof's op statistics
+    leave out: the calls of XLA-compiled functions (the LRN passes and the optimizer update).
+    The executor's "ProcessAsync::Start" event of such an op spans its XLA execution."""
+    import collections
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    times = collections.Counter()
+    for path in xplane_paths:
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as f:
+            space.ParseFromString(f.read())
+        for plane in space.planes:
+            names = {i: m.name for i, m in plane.stat_metadata.items()}
+            for line in plane.lines:
+                for event in line.events:
+                    if plane.event_metadata[event.metadata_id].name != "ExecutorState::ProcessAsync::Start":
+                        continue
+                    # The value is a string, or a reference to one interned in the stat metadata.
+                    op = next((s.str_value or names.get(s.ref_value) for s in event.stats
+                               if names.get(s.metadata_id) == "name"), None)
+                    if op:
+                        times[op] += event.duration_ps
+    return times
+
+
 def layer_breakdown(xplane_paths, steps):
     """Milliseconds per step by (layer, pass) from a profile: the TF ops of each named layer,
-    forward ("fwd") and backward ("bwd"); the momentum update and weight decay as "optimizer".
-    Uses xprof (TensorBoard's profile plugin) to read the trace."""
+    forward ("fwd") and backward ("bwd"); the momentum update and the gradient norm as
+    "optimizer". Uses xprof (TensorBoard's profile plugin) to read the trace."""
     import collections
     import json
     import re
@@ -235,19 +262,21 @@ def layer_breakdown(xplane_paths, steps):
     raw, _ = raw_to_tool_data.xspace_to_tool_data(xplane_paths, "framework_op_stats", {})
     table = json.loads(raw)[0]
     columns = [c["id"] for c in table["cols"]]
-    layer = re.compile(r"(?:^|/)alexnet(?:_\d+)?/([a-z]+\d*(?:_[ab])?|fc7_features)(?:_\d+)?/")
-    times = collections.Counter()
+    op_times = collections.Counter({name: ps / 1e6 for name, ps in _async_op_times(xplane_paths).items()})
     for values in table["rows"]:
         op = dict(zip(columns, (cell.get("v") for cell in values["c"])))
-        if op["type"] == "IDLE":
-            continue
-        if m := layer.search(op["operation"]):
-            key = (m.group(1), "bwd" if op["operation"].startswith("gradients/") else "fwd")
-        elif re.search(r"sgd|L2Loss|AddN", op["operation"], re.IGNORECASE):
+        if op["type"] != "IDLE":
+            op_times[op["operation"]] += op["total_self_time"]  # microseconds
+    layer = re.compile(r"(?:^|/)alexnet(?:_\d+)?/([a-z]+\d*(?:_[ab])?|fc7_features)(?:_\d+)?/")
+    times = collections.Counter()
+    for name, us in op_times.items():
+        if m := layer.search(name):
+            key = (m.group(1), "bwd" if name.startswith("gradients/") else "fwd")
+        elif re.search(r"sgd|L2Loss|AddN", name, re.IGNORECASE):
             key = ("optimizer", "")
         else:
             key = ("other", "")
-        times[key] += op["total_self_time"] / 1e3 / steps
+        times[key] += us / 1e3 / steps
     return dict(times)
 
 

@@ -1,36 +1,114 @@
 """Layers AlexNet needs that Keras does not ship."""
 
+import contextlib
+import contextvars
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 
-def _inverse_power(s, beta):
-    """s ** -beta. Exact rewrites of the common exponents avoid pow's exp(log()),
-    which costs more on the CPU than the whole rest of the layer."""
+def _inverse_powers(s, beta):
+    """(s^-beta, s^-(beta+1)). Exact rewrites of the common exponents avoid pow's
+    exp(log()) and a division, which cost more on the CPU than the rest of the layer."""
     if beta == 0.75:
-        return tf.math.rsqrt(s) * tf.math.rsqrt(tf.sqrt(s))
+        r = tf.math.rsqrt(s)
+        p = r * tf.sqrt(r)
+        return p, p * r * r
     if beta == 0.5:
-        return tf.math.rsqrt(s)
+        r = tf.math.rsqrt(s)
+        return r, r * r * r
     if beta == 1.0:
-        return tf.math.reciprocal(s)
-    return tf.pow(s, -beta)
+        r = tf.math.reciprocal(s)
+        return r, r * r
+    p = tf.pow(s, -beta)
+    return p, p / s
+
+
+# Off while `plain_ops()` is active: the LRN is then built from ordinary
+# TensorFlow ops instead of XLA-compiled functions (see `plain_ops`).
+_use_xla = contextvars.ContextVar("alexnet_tf_lrn_xla", default=True)
+
+
+@contextlib.contextmanager
+def plain_ops():
+    """Within this block, LRN layers trace to plain TensorFlow ops, not XLA-compiled functions.
+
+    For graphs that leave TensorFlow's own runtime: TF Serving runs
+    `jit_compile` functions only behind an experimental flag, and the TFLite
+    converter wants ordinary ops. `placement.device_free` (used by export) turns
+    this on. Same function, slower in TensorFlow, fast in TFLite (BUILD_NOTES.md).
+    """
+    token = _use_xla.set(False)
+    try:
+        yield
+    finally:
+        _use_xla.reset(token)
+
+
+def _window_sum(t, n):
+    """Sum over each channel's window of n channels (zeros beyond the edges), as n shifted slices.
+    Inside an XLA function the pad, slices and additions fuse into the consumer's loop."""
+    channels, r = t.shape[-1], n // 2
+    padded = tf.pad(t, [[0, 0]] * (t.shape.rank - 1) + [[r, r]])
+    return tf.add_n([padded[..., j:j + channels] for j in range(n)])
+
+
+@functools.cache
+def _xla_lrn(n, k, alpha, beta):
+    """The forward and backward passes of one LRN configuration, each compiled by XLA into one fused loop.
+
+    They take and return the caller's dtype and compute in float32 inside, so
+    under mixed precision the casts cost no extra pass over memory. The backward
+    pass recomputes s from x rather than storing anything, so the layer keeps
+    no activations beyond its input. XLA compiles once per input shape (~0.1 s).
+    """
+    def powers(x):  # s^-beta and s^-(beta+1), s = k + alpha * window sum of x^2
+        return _inverse_powers(k + alpha * _window_sum(tf.square(x), n), beta)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def forward(x):
+        x32 = tf.cast(x, tf.float32)
+        return tf.cast(x32 * powers(x32)[0], x.dtype)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def backward(x, dy):
+        x32, dy32 = tf.cast(x, tf.float32), tf.cast(dy, tf.float32)
+        p, q = powers(x32)
+        return tf.cast(dy32 * p - (2.0 * alpha * beta) * x32 * _window_sum(dy32 * x32 * q, n), x.dtype)
+
+    return forward, backward
 
 
 def local_response_normalization(x, *, n, k, alpha, beta):
-    """The paper's LRN on a float32 NHWC tensor, with its gradient written out.
+    """The paper's LRN on an NHWC tensor, float32 arithmetic whatever x's dtype, gradient written out.
 
     Same function as `tf.nn.local_response_normalization` (tested against it and
     against NumPy), computed differently because TensorFlow's CPU kernels for
-    LRN and LRNGrad took 18% of a paper-model training step (BUILD_NOTES.md,
-    "Performance"). The windowed sum over channels is a matmul with a 0/alpha
-    band matrix, which oneDNN runs at close to the machine's peak, and the rest
-    is elementwise. The backward pass recomputes the sum from x rather than
-    storing it, so the layer keeps no more activations than TF's kernel does:
+    LRN and LRNGrad are slow (BUILD_NOTES.md, "Performance"):
 
         y_i  = x_i * s_i^-beta,   s_i = k + alpha * sum_{|j-i| <= n//2} x_j^2
         dx_i = dy_i * s_i^-beta - 2 alpha beta x_i * sum_{|j-i| <= n//2} dy_j x_j s_j^(-beta-1)
+
+    Each pass is one XLA-fused loop, or, under `plain_ops()`, the band-matmul
+    formulation below.
     """
+    if not _use_xla.get():
+        return tf.cast(_band_matmul_lrn(tf.cast(x, tf.float32), n=n, k=k, alpha=alpha, beta=beta), x.dtype)
+    forward, backward = _xla_lrn(n, float(k), float(alpha), float(beta))
+
+    @tf.custom_gradient
+    def lrn(x):
+        return forward(x), lambda dy: backward(x, dy)
+
+    # AutoGraph would convert the undecorated function and lose the gradient.
+    return tf.autograph.experimental.do_not_convert(lrn)(x)
+
+
+def _band_matmul_lrn(x, *, n, k, alpha, beta):
+    """The same LRN from plain ops, on float32: the windowed sum is a matmul with a
+    0/alpha band matrix, which TFLite's XNNPACK runs as a fully connected layer."""
     channels = x.shape[-1]
     in_window = np.abs(np.arange(channels)[:, None] - np.arange(channels)[None, :]) <= n // 2
     # alpha and the gradient's 2 alpha beta are folded into the band matrices.
@@ -42,20 +120,18 @@ def local_response_normalization(x, *, n, k, alpha, beta):
 
     @tf.custom_gradient
     def lrn(x):
-        y = x * _inverse_power(k + window_sum(tf.square(x), band), beta)
+        y = x * _inverse_powers(k + window_sum(tf.square(x), band), beta)[0]
 
         def grad(dy):
             # Without the dependency on dy, TensorFlow would run this recomputation
             # as soon as x exists, during the forward pass, and keep s alive until
             # the backward pass: 0.56 GiB more at batch 128 (measured).
             with tf.control_dependencies([dy]):
-                s = k + window_sum(tf.square(x), band)
-            # y = x s^-beta (kept for the pooling gradient anyway), so dy x s^(-beta-1) = dy y / s.
-            return dy * _inverse_power(s, beta) - x * window_sum(dy * y / s, band_grad)
+                p, q = _inverse_powers(k + window_sum(tf.square(x), band), beta)
+            return dy * p - x * window_sum(dy * x * q, band_grad)
 
         return y, grad
 
-    # AutoGraph would convert the undecorated function and lose the gradient.
     return tf.autograph.experimental.do_not_convert(lrn)(x)
 
 
@@ -94,9 +170,7 @@ class LocalResponseNormalization(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def call(self, inputs):
-        y = local_response_normalization(tf.cast(inputs, tf.float32),
-                                         n=self.n, k=self.k, alpha=self.alpha, beta=self.beta)
-        return tf.cast(y, inputs.dtype)
+        return local_response_normalization(inputs, n=self.n, k=self.k, alpha=self.alpha, beta=self.beta)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -104,3 +178,4 @@ class LocalResponseNormalization(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(),
                 "n": self.n, "k": self.k, "alpha": self.alpha, "beta": self.beta}
+

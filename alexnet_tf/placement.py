@@ -16,7 +16,8 @@ GTX 580. Reproducing that in Keras 3 on TensorFlow has three traps:
 3. A SavedModel records the device of every op in its functions. A model whose
    towers are pinned to /GPU:1 would not load on a machine without one. The
    export therefore traces `device_free(model)`, which shares the weights but
-   opens no device scope.
+   opens no device scope (and builds the LRN from plain ops rather than XLA
+   functions, for the same reason: the graph must run anywhere).
 """
 
 import contextlib
@@ -25,6 +26,7 @@ import contextvars
 import keras
 import tensorflow as tf
 
+from alexnet_tf import layers
 from alexnet_tf.layers import LocalResponseNormalization
 
 # False while tracing through `device_free`: placed layers then open no scope.
@@ -136,14 +138,14 @@ LocalResponseNormalization = _placed(LocalResponseNormalization)
 
 
 class _DeviceFree(keras.Model):
-    """Runs `placed` with every tower's device scope switched off."""
+    """Runs `placed` with every tower's device scope switched off and the LRN in plain ops."""
 
     def __init__(self, placed, **kwargs):
         super().__init__(name=placed.name, **kwargs)
         self.placed = placed
 
     def call(self, inputs, training=False):
-        with _placement_disabled():
+        with _placement_disabled(), layers.plain_ops():
             return self.placed(inputs, training=training)
 
 
@@ -151,7 +153,8 @@ def device_free(model):
     """A model that shares `model`'s weights but pins no op to a device.
 
     Export traces this copy, so the SavedModel loads on any machine, also with
-    soft device placement off. Training further through `model` changes this
+    soft device placement off, and runs in TF Serving and the TFLite converter
+    without XLA: its LRN layers are built from plain ops (`layers.plain_ops`). Training further through `model` changes this
     copy too: the variables are the same objects.
     """
     return _DeviceFree(model)

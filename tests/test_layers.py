@@ -3,7 +3,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from alexnet_tf import layers
 from alexnet_tf.layers import LocalResponseNormalization
+
+# The LRN has two implementations of one function: XLA-fused loops (training
+# and inference in TensorFlow) and plain ops (what export traces). Both are
+# checked against the formula.
+IMPLEMENTATIONS = ["xla", "plain"]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def implementation(request):
+    if request.param == "plain":
+        with layers.plain_ops():
+            yield request.param
+    else:
+        yield request.param
 
 
 def lrn_reference(a, n=5, k=2.0, alpha=1e-4, beta=0.75):
@@ -25,14 +40,14 @@ def activations():
 
 
 @pytest.mark.parametrize("params", [{}, dict(n=3, k=1.0, alpha=1e-3, beta=0.5)])
-def test_matches_paper_formula_eagerly(activations, params):
+def test_matches_paper_formula_eagerly(activations, params, implementation):
     got = LocalResponseNormalization(**params)(activations).numpy()
     want = lrn_reference(activations, **params)
     assert np.abs(want / activations - 1).max() > 0.05, "inputs too small to exercise the normalization"
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_matches_paper_formula_in_tf_function(activations):
+def test_matches_paper_formula_in_tf_function(activations, implementation):
     layer = LocalResponseNormalization()
     got = tf.function(layer)(tf.constant(activations)).numpy()
     np.testing.assert_allclose(got, lrn_reference(activations), rtol=1e-5, atol=1e-5)
@@ -52,10 +67,11 @@ def lrn_gradient_reference(a, dy, n=5, k=2.0, alpha=1e-4, beta=0.75):
     return grad
 
 
-# beta 0.75 and 0.5 take the rsqrt paths, 0.6 the general pow.
-@pytest.mark.parametrize("params", [{}, dict(n=3, k=1.0, alpha=1e-3, beta=0.5), dict(alpha=3e-4, beta=0.6)])
+# beta 0.75 and 0.5 take the rsqrt paths, 1.0 the reciprocal, 0.6 the general pow.
+@pytest.mark.parametrize("params", [{}, dict(n=3, k=1.0, alpha=1e-3, beta=0.5), dict(alpha=3e-4, beta=0.6),
+                                    dict(alpha=2e-4, beta=1.0)])
 @pytest.mark.parametrize("mode", ["eager", "tf.function"])
-def test_gradient_matches_the_formulas_derivative(params, mode):
+def test_gradient_matches_the_formulas_derivative(params, mode, implementation):
     rng = np.random.default_rng(1)
     a = (rng.normal(size=(1, 2, 2, 7)) * 40).astype(np.float32)
     dy = rng.normal(size=a.shape).astype(np.float32)
@@ -74,7 +90,7 @@ def test_gradient_matches_the_formulas_derivative(params, mode):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
 
 
-def test_value_and_gradient_equal_tensorflows_kernel():
+def test_value_and_gradient_equal_tensorflows_kernel(implementation):
     """Same function as tf.nn.local_response_normalization, on a tower-sized slice."""
     rng = np.random.default_rng(2)
     x = tf.constant((rng.normal(size=(2, 13, 13, 48)) * 30).astype(np.float32))
@@ -96,17 +112,57 @@ def test_defaults_are_the_papers_constants():
     assert (layer.n, layer.k, layer.alpha, layer.beta) == (5, 2.0, 1e-4, 0.75)
 
 
-def test_computes_in_float32_under_mixed_precision(activations):
+def _arithmetic_ops(graph):
+    """(type, T) of the LRN's arithmetic ops in `graph` and in every function it calls."""
+    graph_def = graph.as_graph_def()
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    return [(n.op, tf.dtypes.as_dtype(n.attr["T"].type)) for n in nodes
+            if n.op in ("Square", "MatMul", "Rsqrt", "Sqrt", "Mul", "AddN")]
+
+
+def test_computes_in_float32_under_mixed_precision(activations, implementation):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     layer = LocalResponseNormalization()
     fn = tf.function(layer)
     out = fn(tf.constant(activations))
     assert out.dtype == tf.bfloat16  # output in the policy's compute dtype
-    graph = fn.get_concrete_function(tf.constant(activations)).graph
-    arithmetic = [op for op in graph.get_operations() if op.type in ("Square", "MatMul", "Rsqrt", "Mul")]
-    assert arithmetic and all(op.get_attr("T") == tf.float32 for op in arithmetic)
+    arithmetic = _arithmetic_ops(fn.get_concrete_function(tf.constant(activations)).graph)
+    assert {"Square", "Rsqrt", "Mul"} <= {op for op, _ in arithmetic}
+    assert all(dtype == tf.float32 for _, dtype in arithmetic), arithmetic
     rounded = tf.cast(tf.cast(activations, tf.bfloat16), tf.float32).numpy()
     np.testing.assert_allclose(tf.cast(out, tf.float32).numpy(), lrn_reference(rounded), rtol=1e-2, atol=1e-2)
+
+
+def test_gradient_under_mixed_precision_is_the_float32_gradient_rounded(implementation):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    rng = np.random.default_rng(4)
+    x = tf.constant((rng.normal(size=(2, 3, 3, 16)) * 40).astype(np.float32))
+    dy = tf.constant(rng.normal(size=x.shape).astype(np.float32))
+
+    def grad(layer, dtype):
+        xd = tf.cast(x, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(xd)
+            y = layer(xd)
+        return tape.gradient(y, xd, output_gradients=tf.cast(dy, y.dtype))
+
+    got = grad(LocalResponseNormalization(), tf.bfloat16)
+    assert got.dtype == tf.bfloat16
+    keras.mixed_precision.set_global_policy("float32")
+    want = grad(LocalResponseNormalization(), tf.float32)
+    # bf16 input and dy, float32 arithmetic: within bf16 rounding of the float32 gradient.
+    np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(), want.numpy(), rtol=3e-2, atol=3e-2 * float(tf.reduce_max(tf.abs(want))))
+
+
+def test_the_two_implementations_trace_to_what_they_claim():
+    x = tf.constant(np.ones((1, 3, 3, 8), np.float32))
+    fused = tf.function(LocalResponseNormalization()).get_concrete_function(x).graph.as_graph_def()
+    with layers.plain_ops():
+        plain = tf.function(LocalResponseNormalization()).get_concrete_function(x).graph.as_graph_def()
+    must_compile = [f for f in fused.library.function if f.attr["_XlaMustCompile"].b]
+    assert must_compile, "the LRN should run as an XLA-compiled function"
+    assert not [f for f in plain.library.function if f.attr["_XlaMustCompile"].b]
+    assert "MatMul" in {n.op for n in plain.node}  # the band-matmul formulation
 
 
 def test_serialization_round_trip(activations, tmp_path):

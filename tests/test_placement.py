@@ -27,9 +27,10 @@ def describe(graph):
 TOWER_OP = re.compile(r"(?:^|/)(?:conv\d|norm\d|pool\d|merge\d|flatten6|fc\d|drop\d)_([ab])(?:_\d+)?/")
 HEAD_OP = re.compile(r"(?:^|/)(?:fc8|fc7_features)(?:_\d+)?/")
 DEVICE = {"a": "/device:CPU:0", "b": "/device:CPU:1"}
-# LRN is a matmul plus elementwise ops (alexnet_tf/layers.py); Rsqrt and RealDiv occur only there.
-COMPUTE = {"Conv2D", "MatMul", "Square", "Rsqrt", "Sqrt", "RealDiv", "Mul", "MaxPool", "Relu", "BiasAdd",
-           "ConcatV2", "Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "ReluGrad", "BiasAddGrad"}
+# LRN's forward and backward passes are calls of XLA-compiled functions (alexnet_tf/layers.py), which
+# run where the call is placed; within the towers only the LRN calls functions.
+COMPUTE = {"Conv2D", "MatMul", "PartitionedCall", "MaxPool", "Relu", "BiasAdd", "ConcatV2",
+           "Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "ReluGrad", "BiasAddGrad"}
 
 
 def tower_of(op_name):
@@ -80,11 +81,14 @@ def test_every_tower_op_runs_on_its_towers_device(traced, pass_):
         if tower and op["type"] in COMPUTE:
             assert op["device"] == DEVICE[tower], op
             checked[tower].add(op["type"])
-    want = {"Conv2D", "MatMul", "Rsqrt", "MaxPool", "ConcatV2"}
+    want = {"Conv2D", "MatMul", "PartitionedCall", "MaxPool", "ConcatV2"}
     if pass_ == "backward":
-        want |= {"Conv2DBackpropFilter", "RealDiv", "MaxPoolGrad", "ReluGrad", "BiasAddGrad"}
+        want |= {"Conv2DBackpropFilter", "MaxPoolGrad", "ReluGrad", "BiasAddGrad"}
     for tower in "ab":
         assert want <= checked[tower], (tower, want - checked[tower])
+    # Both LRN layers of each tower, forward and (in the backward graph) backward, are calls on its device.
+    lrn_calls = [op["name"] for op in ops if op["type"] == "PartitionedCall" and re.search(r"norm\d_[ab]", op["name"])]
+    assert len(lrn_calls) == (8 if pass_ == "backward" else 4), lrn_calls
     assert traced["finite"]
 
 
@@ -117,11 +121,14 @@ print(json.dumps(dict(
     pinned=sorted({op.device for op in graph.get_operations()} - {""}),
     same_variables=[a is b for a, b in zip(copy.trainable_variables, model.trainable_variables)],
     count=(len(copy.trainable_variables), len(model.trainable_variables)),
-    max_diff=float(tf.reduce_max(tf.abs(fn(images) - model(images, training=False)))))))
+    max_diff=float(tf.reduce_max(tf.abs(fn(images) - model(images, training=False)))),
+    scale=float(tf.reduce_max(tf.abs(fn(images)))))))
 """)
     assert out["pinned"] == []
     assert out["count"] == [30, 30] and all(out["same_variables"])
-    assert out["max_diff"] == 0.0
+    # Same weights, same function; the copy's LRN is the plain-op formulation, so
+    # the two differ by float32 rounding only.
+    assert out["max_diff"] <= 1e-5 * out["scale"], out
 
 
 def test_missing_device_is_an_error_listing_the_real_ones():
