@@ -129,7 +129,7 @@ def _placed(layer_class):
 
 # The layer types a tower is made of, each with a `device=` argument.
 Conv2D = _placed(keras.layers.Conv2D)
-Dense = _placed(keras.layers.Dense)
+Dense = _placed(layers.Dense)
 MaxPooling2D = _placed(keras.layers.MaxPooling2D)
 Dropout = _placed(keras.layers.Dropout)
 Concatenate = _placed(keras.layers.Concatenate)

@@ -183,3 +183,38 @@ def test_serialization_round_trip(activations, tmp_path):
 def test_rejects_bad_constants(bad, message):
     with pytest.raises(ValueError, match=message):
         LocalResponseNormalization(**bad)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_dense_equals_keras_dense_in_value_and_gradients(policy):
+    """layers.Dense only computes the input gradient differently: (W dy^T)^T instead of dy W^T."""
+    keras.mixed_precision.set_global_policy(policy)
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.normal(size=(6, 40)).astype(np.float32))
+    ours = layers.Dense(9, activation="relu", bias_initializer="ones")
+    theirs = keras.layers.Dense(9, activation="relu", bias_initializer="ones")
+    ours.build((None, 40)), theirs.build((None, 40))
+    theirs.set_weights(ours.get_weights())
+    dy = rng.normal(size=(6, 9)).astype(np.float32)
+
+    def value_and_grads(layer):
+        @tf.function
+        def fn():
+            y = layer(x)
+            return y, tf.gradients(y, [x] + [v.value for v in layer.trainable_variables], tf.cast(dy, y.dtype))
+        y, grads = fn()
+        return [tf.cast(t, tf.float32).numpy() for t in [y] + grads]
+
+    got, want = value_and_grads(ours), value_and_grads(theirs)
+    assert got[0].dtype == want[0].dtype and np.abs(want[1]).max() > 0  # the input gradient is not trivially 0
+    for name, a, b in zip(["output", "input gradient", "kernel gradient", "bias gradient"], got, want):
+        # fp32: the input gradient's sum runs in another order (1 ulp); bf16 is identical.
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_dense_takes_keras_path_for_other_ranks_and_round_trips():
+    layer = layers.Dense(3)
+    x = tf.ones((2, 4, 5))
+    assert layer(x).shape == (2, 4, 3)  # rank 3: Keras' own matmul
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert isinstance(clone, layers.Dense) and clone.get_config() == layer.get_config()
