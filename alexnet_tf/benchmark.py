@@ -35,6 +35,22 @@ def forward_pass(model, batch_size, *, warmup=2, repeats=5, seed=0):
     return result
 
 
+def paper_train_step(model, batch_size, *, precision="float32", jit=False):
+    """The real training step for `model` with the paper's optimizer (lr 0.01, momentum 0.9, decay 5e-4),
+    on the default strategy. `precision` must be the global policy `model` was built under."""
+    import keras
+    import tensorflow as tf
+
+    from alexnet_tf import training
+
+    optimizer = training.PaperSGD(0.01, momentum=0.9, l2_decay=5e-4)
+    if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+    return training.make_train_step(model, optimizer, global_batch_size=batch_size,
+                                    strategy=tf.distribute.get_strategy(), jit=jit)
+
+
 def train_step(batch_size, *, precision="float32", jit=False, warmup=2, repeats=5, seed=0, width=1.0,
                image_size=227):
     """Images/s of the real training step (paper model unless `width`/`image_size` say otherwise)
@@ -42,18 +58,12 @@ def train_step(batch_size, *, precision="float32", jit=False, warmup=2, repeats=
     import keras
     import tensorflow as tf
 
-    from alexnet_tf import training
     from alexnet_tf.model import build_alexnet
 
     keras.mixed_precision.set_global_policy(precision)
     try:
         model = build_alexnet(1000, image_size=image_size, width=width, seed=seed)
-        optimizer = training.ColocatedSGD(0.01, momentum=0.9)
-        if precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(model.trainable_variables)
-        step = training.make_train_step(model, optimizer, weight_decay=5e-4, global_batch_size=batch_size,
-                                        strategy=tf.distribute.get_strategy(), jit=jit)
+        step = paper_train_step(model, batch_size, precision=precision, jit=jit)
         images = tf.random.uniform((batch_size, image_size, image_size, 3), -120, 120, seed=seed)
         labels = tf.random.uniform((batch_size,), 0, 1000, dtype=tf.int64, seed=seed)
         result = time_call(lambda: float(step(images, labels)[0]), warmup=warmup, repeats=repeats)
@@ -133,9 +143,8 @@ def pipeline_throughput(folder, batch_size, *, crop=227, batches=20, warmup=3):
 def end_to_end(folder, batch_size, *, steps=10, warmup=2, precision="float32"):
     """Images/s of training that reads and augments JPEGs from `folder` (paper model, fp32)."""
     import keras
-    import tensorflow as tf
 
-    from alexnet_tf import data, training
+    from alexnet_tf import data
     from alexnet_tf.model import build_alexnet
 
     keras.mixed_precision.set_global_policy(precision)
@@ -144,10 +153,7 @@ def end_to_end(folder, batch_size, *, steps=10, warmup=2, precision="float32"):
         stats = _bench_statistics()
         ds = data.train_pipeline(source.train.cache(), stats, batch_size=batch_size, shuffle_buffer=1000)
         model = build_alexnet(source.num_classes, seed=0)
-        optimizer = training.ColocatedSGD(0.01, momentum=0.9)
-        optimizer.build(model.trainable_variables)
-        step = training.make_train_step(model, optimizer, weight_decay=5e-4, global_batch_size=batch_size,
-                                        strategy=tf.distribute.get_strategy())
+        step = paper_train_step(model, batch_size, precision=precision)
         iterator = iter(ds)
         for _ in range(warmup):
             float(step(*next(iterator))[0])
@@ -200,14 +206,11 @@ def profile_train_step(logdir, batch_size=128, *, steps=3, precision="float32", 
 import tensorflow as tf
 tf.config.threading.set_inter_op_parallelism_threads(1)
 import keras
-from alexnet_tf import training
+from alexnet_tf.benchmark import paper_train_step
 from alexnet_tf.model import build_alexnet
 keras.mixed_precision.set_global_policy({precision!r})
 model = build_alexnet(1000, image_size={image_size}, width={width}, seed=0)
-optimizer = training.ColocatedSGD(0.01, momentum=0.9)
-optimizer.build(model.trainable_variables)
-step = training.make_train_step(model, optimizer, weight_decay=5e-4, global_batch_size={batch_size},
-                                strategy=tf.distribute.get_strategy())
+step = paper_train_step(model, {batch_size}, precision={precision!r})
 images = tf.random.uniform(({batch_size}, {image_size}, {image_size}, 3), -120, 120, seed=0)
 labels = tf.random.uniform(({batch_size},), 0, 1000, dtype=tf.int64, seed=0)
 for _ in range(2):

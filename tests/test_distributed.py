@@ -18,10 +18,9 @@ def test_momentum_slots_and_updates_stay_on_their_towers_device():
 import keras
 from alexnet_tf import build_alexnet, training
 model = build_alexnet(10, image_size=67, width=0.125, tower_devices=("/CPU:0", "/CPU:1"), seed=0)
-optimizer = training.ColocatedSGD(0.01, momentum=0.9)
+optimizer = training.PaperSGD(0.01, momentum=0.9, l2_decay=5e-4)
 optimizer.build(model.trainable_variables)
-step = training.make_train_step(model, optimizer, weight_decay=5e-4, global_batch_size=2,
-                                strategy=tf.distribute.get_strategy())
+step = training.make_train_step(model, optimizer, global_batch_size=2, strategy=tf.distribute.get_strategy())
 images, labels = tf.random.uniform((2, 67, 67, 3)) * 255, tf.constant([1, 2], tf.int64)
 step(images, labels)  # runs with soft placement off
 graph = step.get_concrete_function(images, labels).graph
@@ -31,12 +30,28 @@ for outer, inner in graph.captures:
     for v in model.trainable_variables + [s for s in optimizer.variables if "momentum" in s.path]:
         if outer is v.value.handle:
             handle_device[inner.name] = (v.path, v.value.device)
+library = {f.signature.name: f for f in graph.as_graph_def().library.function}
+
+def is_write(node_type):
+    return node_type.startswith("Assign") and node_type.endswith("VariableOp") or node_type.startswith("ResourceApply")
+
+def written_args(function):
+    # Positions of the arguments a library function writes (the fused update assigns its variables).
+    names = [a.name for a in function.signature.input_arg]
+    return {names.index(n.input[0].split(":")[0]) for n in function.node_def
+            if is_write(n.op) and n.input[0].split(":")[0] in names}
+
 writes = []
 for op in graph.get_operations():
-    if op.type.startswith("Assign") and op.type.endswith("VariableOp") or op.type.startswith("ResourceApply"):
-        target = op.inputs[0].name
-        if target in handle_device:
-            writes.append((handle_device[target][0], handle_device[target][1], op.device))
+    if is_write(op.type):
+        targets = [op.inputs[0]]
+    elif op.type in ("PartitionedCall", "StatefulPartitionedCall"):
+        targets = [op.inputs[i] for i in written_args(library[op.get_attr("f").name])]
+    else:
+        continue
+    for target in targets:
+        if target.name in handle_device:
+            writes.append((handle_device[target.name][0], handle_device[target.name][1], op.device))
 slots = {v.path: v.value.device for v in optimizer.variables if "momentum" in v.path}
 print(json.dumps(dict(writes=writes, slots=slots,
                       weights={v.path: v.value.device for v in model.trainable_variables})))
@@ -53,8 +68,8 @@ print(json.dumps(dict(writes=writes, slots=slots,
     for path, device in out["slots"].items():
         assert device.endswith(tower_device[tower(path)]), (path, device)
     # Every weight and every slot is written once per step, on its tower's device.
-    written = {path for path, _, _ in out["writes"]}
-    assert written == set(out["slots"]) | set(out["weights"])
+    written = [path for path, _, _ in out["writes"]]
+    assert sorted(written) == sorted(set(out["slots"]) | set(out["weights"]))
     for path, var_device, op_device in out["writes"]:
         assert op_device.endswith(tower_device[tower(path)]) and var_device.endswith(op_device.split("device:")[-1]), \
             (path, var_device, op_device)

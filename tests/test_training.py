@@ -22,11 +22,10 @@ def test_train_step_is_the_papers_update_rule():
     """Several real train steps (dropout off) against the paper's rule computed in NumPy (float64)."""
     model = build_alexnet(**TINY, dropout=0.0, seed=0)
     lr, momentum, weight_decay, batch = 0.05, 0.9, 5e-2, 4  # large decay so its term is visible
-    optimizer = training.ColocatedSGD(learning_rate=lr, momentum=momentum)
+    optimizer = training.PaperSGD(learning_rate=lr, momentum=momentum, l2_decay=weight_decay)
     optimizer.build(model.trainable_variables)
     strategy = tf.distribute.get_strategy()
-    step = training.make_train_step(model, optimizer, weight_decay=weight_decay, global_batch_size=batch,
-                                    strategy=strategy)
+    step = training.make_train_step(model, optimizer, global_batch_size=batch, strategy=strategy)
     rng = np.random.default_rng(0)
     variables = model.trainable_variables
     kernel_mask = [v.path.endswith("kernel") for v in variables]
@@ -54,11 +53,11 @@ def test_train_step_is_the_papers_update_rule():
     assert weight_decay * lr * np.abs(weights[0]).max() > 1e-5
 
 
-def test_l2_penalty_is_half_the_sum_of_squared_kernels():
-    model = build_alexnet(**TINY, seed=1)
-    want = sum(0.5 * np.sum(v.numpy().astype(np.float64) ** 2) for v in model.trainable_variables
-               if v.path.endswith("kernel"))
-    assert abs(float(training.l2_penalty(model)) - want) < 1e-6 * want
+def test_paper_sgd_refuses_keras_decoupled_weight_decay():
+    # Keras' weight_decay is w <- w - wd lr w after the step, not the paper's rule.
+    with pytest.raises(ValueError, match="use l2_decay"):
+        training.PaperSGD(0.01, momentum=0.9, weight_decay=5e-4)
+    assert training.PaperSGD(0.01, l2_decay=1e-3).get_config()["l2_decay"] == 1e-3
 
 
 def test_plateau_schedule_divides_by_ten_after_patience_evaluations():
