@@ -110,11 +110,19 @@ print(json.dumps(dict(devices=sorted(graph_devices), shape=probs.shape.as_list()
     assert not any("CPU:1" in d for d in out["devices"]), out["devices"]
 
 
-def test_quantized_tflite_agrees_on_top1(trained, held_out):
-    images = preprocessed(trained, held_out)
-    reference = np.argmax(trained["model"](images, training=False).numpy(), axis=1)
+def test_quantized_tflite_agrees_on_top1(trained, shapes_folder):
+    """Agreement where the float model's decision is clear, on images of the distribution it was
+    trained (and int8 calibrated) on. The tiny model is near chance on the held-out renders, and
+    there int8 measured 85-100% agreement run to run (clipped activation ranges, near ties), on
+    the old code too: that measures the model, not the quantization."""
+    images = preprocessed(trained, sorted(shapes_folder.rglob("*.jpg")))
+    probabilities = tf.nn.softmax(trained["model"](images, training=False)).numpy()
+    top2 = np.sort(probabilities, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] >= 0.1
+    assert clear.sum() >= 40, f"only {clear.sum()} clear decisions: the fixture model did not learn"
+    reference = probabilities.argmax(axis=1)[clear]
     for kind in ("float16", "dynamic", "int8"):
-        top1 = np.argmax(predict.Classifier(trained["tflite"][kind]).probabilities(images), axis=1)
+        top1 = np.argmax(predict.Classifier(trained["tflite"][kind]).probabilities(images[clear]), axis=1)
         agreement = np.mean(top1 == reference)
         assert agreement >= 0.95, (kind, agreement)
 
