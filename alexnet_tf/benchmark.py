@@ -1,7 +1,15 @@
-"""Timing helpers for tools/benchmark.py: warm-up, repetitions, median and spread."""
+"""What tools/benchmark.py measures, and the performance targets it checks them against.
+
+Timing helpers (warm-up, repetitions, median and spread), the measurements,
+the profile breakdown, and `check_targets`.
+"""
 
 import statistics
 import time
+
+# Training FLOPs per image: three times the forward pass's 724M multiply-adds,
+# less conv1's input gradient (nothing needs it): 2 * (3 * 724e6 - 105.4e6).
+TRAIN_FLOP_PER_IMAGE = 2 * (3 * 724e6 - 105.4e6)
 
 
 def time_call(fn, *, warmup=2, repeats=5):
@@ -296,3 +304,43 @@ def layer_flops(model, batch_size):
         elif isinstance(layer, keras.layers.Dense):
             flops[layer.name] = 2 * layer.kernel.shape[0] * layer.kernel.shape[1] * batch_size
     return flops
+
+
+def _train_rate(results, precision, batch_size=128):
+    rows = results.get("train", []) + results.get("precision", [])
+    return next((r["images_per_s"] for r in rows
+                 if r["precision"] == precision and not r["jit"] and r["batch_size"] == batch_size), None)
+
+
+def check_targets(results):
+    """The issue's performance targets (batch 128, paper model) against `results` as alexnet-benchmark
+    collects them: a list of {target, measured, met}; a target whose sections did not run is left out."""
+    targets = []
+
+    def add(target, measured, met):
+        targets.append({"target": target, "measured": measured, "met": bool(met)})
+
+    fp32 = _train_rate(results, "float32")
+    ceiling = results.get("matmul", {}).get("gflops")
+    if fp32 and ceiling:
+        fraction = fp32 * TRAIN_FLOP_PER_IMAGE / 1e9 / ceiling
+        add("fp32 train step >= 90% of the matmul ceiling",
+            f"{fraction:.1%} ({fp32:.1f} images/s, ceiling {ceiling:.0f} GFLOP/s)", fraction >= 0.9)
+    bf16 = _train_rate(results, "mixed_bfloat16")
+    if fp32 and bf16:
+        add("mixed_bfloat16 >= 1.7x fp32", f"{bf16 / fp32:.2f}x ({bf16:.1f} images/s)", bf16 / fp32 >= 1.7)
+    if fp32 and "e2e" in results:
+        e2e = results["e2e"]["images_per_s"]
+        add("training from JPEGs >= 90% of the in-memory rate", f"{e2e / fp32:.1%} ({e2e:.1f} images/s)",
+            e2e / fp32 >= 0.9)
+    if "memory" in results:
+        gib = results["memory"]["peak_rss_bytes"] / 2**30
+        add("peak resident memory of training <= 3 GiB", f"{gib:.2f} GiB", gib <= 3)
+    rows = {r["model"]: r for r in results.get("inference", [])}
+    if "tflite_int8" in rows and "savedmodel" in rows:
+        int8, saved = rows["tflite_int8"], rows["savedmodel"]
+        ratio = int8["batch1"]["median_s"] / saved["batch1"]["median_s"]
+        add("TFLite int8 batch-1 latency <= half the SavedModel's, >= 99% top-1 agreement",
+            f"{ratio:.2f}x ({int8['batch1']['median_s'] * 1e3:.1f} vs {saved['batch1']['median_s'] * 1e3:.1f} ms), "
+            f"{int8['top1_agreement']:.1%} agreement", ratio <= 0.5 and int8["top1_agreement"] >= 0.99)
+    return targets

@@ -39,3 +39,27 @@ def test_profile_of_a_train_step_names_every_layer_forward_and_backward(tmp_path
     assert times[("optimizer", "")] > 0
     # Nothing of the model is left unattributed except glue (the loss, casts, reads).
     assert times.get(("other", ""), 0) < 0.2 * sum(times.values())
+
+
+def _step(images_per_s, precision="float32", jit=False, batch_size=128):
+    return {"images_per_s": images_per_s, "precision": precision, "jit": jit, "batch_size": batch_size}
+
+
+def test_check_targets_judges_each_target_from_the_measurements():
+    # 100 GFLOP/s ceiling: 90% of it is 0.9e11 / TRAIN_FLOP_PER_IMAGE images/s.
+    at_90 = 0.9e11 / benchmark.TRAIN_FLOP_PER_IMAGE
+    results = {
+        "matmul": {"gflops": 100.0},
+        "train": [_step(at_90 * 0.5, batch_size=32), _step(at_90 * 1.01)],
+        "precision": [_step(at_90 * 1.01 * 1.69, "mixed_bfloat16"), _step(1.0, "float32", jit=True)],
+        "e2e": {"images_per_s": at_90 * 1.01 * 0.91, "batch_size": 128},
+        "memory": {"peak_rss_bytes": 3.1 * 2**30, "batch_size": 128},
+        "inference": [{"model": "savedmodel", "batch1": {"median_s": 0.010}, "top1_agreement": 1.0},
+                      {"model": "tflite_int8", "batch1": {"median_s": 0.004}, "top1_agreement": 0.995}],
+    }
+    met = {t["target"].split(" >=")[0].split(" <=")[0]: t["met"] for t in benchmark.check_targets(results)}
+    assert met == {"fp32 train step": True, "mixed_bfloat16": False, "training from JPEGs": True,
+                   "peak resident memory of training": False, "TFLite int8 batch-1 latency": True}
+    # Only what was measured is judged.
+    assert [t["target"] for t in benchmark.check_targets({"memory": results["memory"]})] == \
+        ["peak resident memory of training <= 3 GiB"]

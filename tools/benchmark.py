@@ -11,6 +11,8 @@ variants; needs a trained --workdir for the agreement figures), memory (peak
 resident memory of training at batch 128), profile (a TF profiler trace of the
 fp32 train step at batch 128 in --profile_dir, and the time per layer and pass
 read from it). Each figure is a median over --repeats runs after --warmup.
+The table ends with the performance targets the measured sections allow
+checking, each marked met or NOT MET (also under "targets" in --json).
 
 See the trace in TensorBoard's Profile tab:
     tensorboard --logdir=runs/benchmark_profile
@@ -42,11 +44,6 @@ flags.DEFINE_string("workdir", "runs/alexnet_shapes-paper",
 flags.DEFINE_string("profile_dir", "runs/benchmark_profile",
                     "Where the profile section writes its TF profiler trace (a TensorBoard log directory).")
 flags.DEFINE_boolean("json", False, "Print machine-readable JSON instead of a table.")
-
-# Training FLOPs per image: three times the forward pass's 724M multiply-adds,
-# less conv1's input gradient (nothing needs it): 2 * (3 * 724e6 - 105e6).
-TRAIN_FLOP_PER_IMAGE = 2 * (3 * 724e6 - 105.4e6)
-
 
 def machine():
     import tensorflow as tf
@@ -187,6 +184,7 @@ def main(argv):
     if "profile" in sections:
         log(f"profiling the fp32 train step at batch 128 into {FLAGS.profile_dir}")
         results["profile"] = profile_section(FLAGS.profile_dir)
+    results["targets"] = bm.check_targets(results)
     if FLAGS.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -195,33 +193,42 @@ def main(argv):
 
 
 def print_table(results):
+    from alexnet_tf.benchmark import TRAIN_FLOP_PER_IMAGE
+
     m = results["machine"]
     print(f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPUs, TensorFlow {m['tensorflow']}")
     ceiling = results.get("matmul", {}).get("gflops")
     if ceiling:
         print(f"fp32 matmul ceiling (4096x4096): {ceiling:.0f} GFLOP/s")
-    line = "{:<40}{:>7}{:>12}{:>18}{:>11}{:>10}"
-    print(line.format("measurement", "batch", "median ms", "min..max ms", "images/s", "ceiling"))
+    line = "{:<40}{:>7}{:>12}{:>18}{:>11}  {}"
+    print(line.format("measurement", "batch", "median ms", "min..max ms", "images/s", "vs"))
 
-    def row(label, r, frac=None):
+    def row(label, r, versus=""):
         spread = f"{r['min_s'] * 1e3:.1f}..{r['max_s'] * 1e3:.1f}" if "min_s" in r else "-"
         median = f"{r['median_s'] * 1e3:.1f}" if "median_s" in r else "-"
-        print(line.format(label, r["batch_size"], median, spread, f"{r['images_per_s']:.1f}",
-                          f"{frac:.0%}" if frac is not None else ""))
+        print(line.format(label, r["batch_size"], median, spread, f"{r['images_per_s']:.1f}", versus))
 
+    fp32 = {r["batch_size"]: r["images_per_s"] for r in results.get("train", []) if r["precision"] == "float32"}
     for r in results.get("forward", []):
         row("forward, paper model, fp32", r)
     for r in results.get("train", []) + results.get("precision", []):
-        frac = r["images_per_s"] * TRAIN_FLOP_PER_IMAGE / 1e9 / ceiling if ceiling and r["precision"] == "float32" \
-            and not r["jit"] else None
-        row(f"train step, {r['precision']}{' + XLA' if r['jit'] else ''}", r, frac)
+        versus = ""
+        if r["precision"] == "float32" and not r["jit"] and ceiling:
+            versus = f"{r['images_per_s'] * TRAIN_FLOP_PER_IMAGE / 1e9 / ceiling:.0%} of the ceiling"
+        elif fp32.get(r["batch_size"]):
+            versus = f"{r['images_per_s'] / fp32[r['batch_size']]:.2f}x fp32"
+        row(f"train step, {r['precision']}{' + XLA' if r['jit'] else ''}", r, versus)
     if "pipeline" in results:
         row("input pipeline alone (JPEG 500x375)", results["pipeline"])
     if "e2e" in results:
-        row("training from JPEGs, fp32", results["e2e"])
+        e2e = results["e2e"]
+        row("training from JPEGs, fp32", e2e,
+            f"{e2e['images_per_s'] / fp32[e2e['batch_size']]:.0%} of in-memory" if fp32.get(e2e["batch_size"]) else "")
+    saved = next((r["batch1"]["median_s"] for r in results.get("inference", []) if r["model"] == "savedmodel"), None)
     for r in results.get("inference", []):
         size = f", {r['size_bytes'] / 2**20:.0f} MiB" if r["size_bytes"] else ""
-        row(f"{r['model']}{size}", r["batch1"])
+        row(f"{r['model']}{size}", r["batch1"],
+            f"{r['batch1']['median_s'] / saved:.2f}x SavedModel latency" if saved and r["model"] != "savedmodel" else "")
         row(f"  top-1 agree {r['top1_agreement']:.1%}, max dp {r['max_prob_diff']:.1e}", r["batch64"])
     if "profile" in results:
         p = results["profile"]
@@ -236,6 +243,10 @@ def print_table(results):
     if "memory" in results:
         print(f"peak resident memory, training at batch {results['memory']['batch_size']}: "
               f"{results['memory']['peak_rss_bytes'] / 2**30:.2f} GiB")
+    if results.get("targets"):
+        print("\ntargets (batch 128, paper model):")
+        for t in results["targets"]:
+            print(f"  [{'met' if t['met'] else 'NOT MET'}] {t['target']}: {t['measured']}")
 
 
 def run():
