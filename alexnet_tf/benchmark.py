@@ -12,6 +12,11 @@ import time
 TRAIN_FLOP_PER_IMAGE = 2 * (3 * 724e6 - 105.4e6)
 
 
+def ceiling_fraction(images_per_s, ceiling_gflops):
+    """The fraction of the matmul ceiling that a training rate uses."""
+    return images_per_s * TRAIN_FLOP_PER_IMAGE / 1e9 / ceiling_gflops
+
+
 def time_call(fn, *, warmup=2, repeats=5):
     """Seconds per call of `fn()`: median, min and max over `repeats` calls after `warmup`.
 
@@ -323,7 +328,7 @@ def check_targets(results):
     fp32 = _train_rate(results, "float32")
     ceiling = results.get("matmul", {}).get("gflops")
     if fp32 and ceiling:
-        fraction = fp32 * TRAIN_FLOP_PER_IMAGE / 1e9 / ceiling
+        fraction = ceiling_fraction(fp32, ceiling)
         add("fp32 train step >= 90% of the matmul ceiling",
             f"{fraction:.1%} ({fp32:.1f} images/s, ceiling {ceiling:.0f} GFLOP/s)", fraction >= 0.9)
     bf16 = _train_rate(results, "mixed_bfloat16")

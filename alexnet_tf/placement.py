@@ -154,7 +154,8 @@ def device_free(model):
 
     Export traces this copy, so the SavedModel loads on any machine, also with
     soft device placement off, and runs in TF Serving and the TFLite converter
-    without XLA: its LRN layers are built from plain ops (`layers.plain_ops`). Training further through `model` changes this
-    copy too: the variables are the same objects.
+    without XLA: its LRN layers are built from plain ops (`layers.plain_ops`).
+    Training further through `model` changes this copy too: the variables are
+    the same objects.
     """
     return _DeviceFree(model)

@@ -145,7 +145,7 @@ class PaperSGD(keras.optimizers.SGD):
 
     def build(self, variables):
         super().build(variables)
-        self._decay = [self.l2_decay if getattr(v, "path", v.name).endswith("kernel") else 0.0 for v in variables]
+        self._decay = [self.l2_decay if is_kernel(v) else 0.0 for v in variables]
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
@@ -163,9 +163,14 @@ class PaperSGD(keras.optimizers.SGD):
         return {**super().get_config(), "l2_decay": self.l2_decay}
 
 
+def is_kernel(variable):
+    """The paper decays the kernels (weights), not the biases. Keras variables by path, tf.Variables by name."""
+    return getattr(variable, "path", variable.name).endswith("kernel")
+
+
 def kernels(model):
     """The weights the paper decays: every kernel, no bias."""
-    return [v for v in model.trainable_variables if v.path.endswith("kernel")]
+    return [v for v in model.trainable_variables if is_kernel(v)]
 
 
 def top_k_correct(logits, labels, k):

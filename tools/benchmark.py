@@ -45,6 +45,7 @@ flags.DEFINE_string("profile_dir", "runs/benchmark_profile",
                     "Where the profile section writes its TF profiler trace (a TensorBoard log directory).")
 flags.DEFINE_boolean("json", False, "Print machine-readable JSON instead of a table.")
 
+
 def machine():
     import tensorflow as tf
     cpu = platform.processor() or platform.machine()
@@ -193,7 +194,7 @@ def main(argv):
 
 
 def print_table(results):
-    from alexnet_tf.benchmark import TRAIN_FLOP_PER_IMAGE
+    from alexnet_tf.benchmark import ceiling_fraction
 
     m = results["machine"]
     print(f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPUs, TensorFlow {m['tensorflow']}")
@@ -214,7 +215,7 @@ def print_table(results):
     for r in results.get("train", []) + results.get("precision", []):
         versus = ""
         if r["precision"] == "float32" and not r["jit"] and ceiling:
-            versus = f"{r['images_per_s'] * TRAIN_FLOP_PER_IMAGE / 1e9 / ceiling:.0%} of the ceiling"
+            versus = f"{ceiling_fraction(r['images_per_s'], ceiling):.0%} of the ceiling"
         elif fp32.get(r["batch_size"]):
             versus = f"{r['images_per_s'] / fp32[r['batch_size']]:.2f}x fp32"
         row(f"train step, {r['precision']}{' + XLA' if r['jit'] else ''}", r, versus)
