@@ -1,7 +1,11 @@
-"""What tools/benchmark.py measures, and the performance targets it checks them against.
+"""The measurements behind alexnet-benchmark, each returning a plain dict (or a list of them).
 
-Timing helpers (warm-up, repetitions, median and spread), the measurements,
-the profile breakdown, and `check_targets`.
+Timing helpers (warm-up, repetitions, median and spread) and the measured
+sections: forward pass, matmul ceiling, train step, input pipeline, end to
+end, peak memory and inference. The profile is in `alexnet_tf.profiling`;
+the table and the performance targets are the tool's (tools/benchmark.py).
+Every train step here is built by the functions the trainer uses
+(`optim.make_optimizer`, `steps.make_train_step`).
 """
 
 import statistics
@@ -49,19 +53,15 @@ def forward_pass(model, batch_size, *, warmup=2, repeats=5, seed=0):
 
 
 def paper_train_step(model, batch_size, *, precision="float32", jit=False):
-    """The real training step for `model` with the paper's optimizer (lr 0.01, momentum 0.9, decay 5e-4),
+    """The trainer's step for `model` with the paper's optimizer (lr 0.01, momentum 0.9, decay 5e-4),
     on the default strategy. `precision` must be the global policy `model` was built under."""
-    import keras
     import tensorflow as tf
 
-    from alexnet_tf import training
+    from alexnet_tf import optim, steps
 
-    optimizer = training.PaperSGD(0.01, momentum=0.9, l2_decay=5e-4)
-    if precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    optimizer.build(model.trainable_variables)
-    return training.make_train_step(model, optimizer, global_batch_size=batch_size,
-                                    strategy=tf.distribute.get_strategy(), jit=jit)
+    optimizer = optim.make_optimizer(model.trainable_variables, precision=precision)
+    return steps.make_train_step(model, optimizer, global_batch_size=batch_size,
+                                 strategy=tf.distribute.get_strategy(), jit=jit)
 
 
 def train_step(batch_size, *, precision="float32", jit=False, warmup=2, repeats=5, seed=0, width=1.0,
@@ -181,15 +181,21 @@ def end_to_end(folder, batch_size, *, steps=10, warmup=2, precision="float32"):
 
 def peak_training_memory(batch_size=128, steps=3):
     """Peak resident memory (bytes) of a fresh process running `steps` paper-model train steps."""
+    import json
     import subprocess
     import sys
 
+    out = subprocess.run([sys.executable, "-m", "alexnet_tf.benchmark", json.dumps(
+        {"batch_size": batch_size, "steps": steps})], capture_output=True, text=True, check=True)
+    return {"peak_rss_bytes": int(out.stdout.strip().splitlines()[-1]), "batch_size": batch_size}
+
+
+def _peak_memory_child(batch_size, steps):
+    train_step(batch_size, warmup=1, repeats=steps)
     # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across fork and
     # exec, so a child would report its parent's peak if that was higher.
-    code = (f"from alexnet_tf.benchmark import train_step; train_step({batch_size}, warmup=1, repeats={steps});"
-            "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return {"peak_rss_bytes": int(out.stdout.strip().splitlines()[-1]) * 1024, "batch_size": batch_size}
+    with open("/proc/self/status") as f:
+        print(1024 * int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))))
 
 
 def inference(predict_batch, batch_size, *, warmup=2, repeats=5, image_size=227, seed=0):
@@ -202,150 +208,55 @@ def inference(predict_batch, batch_size, *, warmup=2, repeats=5, image_size=227,
     return result
 
 
-def profile_train_step(logdir, batch_size=128, *, steps=3, precision="float32", width=1.0, image_size=227):
-    """Records a TF profiler trace of `steps` train steps into `logdir` (TensorBoard's Profile tab
-    reads it) and returns the trace's *.xplane.pb paths.
+def inference_models(workdir, *, repeats=5, warmup=2, log=print):
+    """Latency (batch 1) and throughput (batch 64) of the workdir's model as Keras, SavedModel and each
+    TFLite variant, with each one's top-1 agreement with Keras on 200 validation images."""
+    import numpy as np
+    import tensorflow as tf
 
-    Runs in a fresh process with one inter-op thread: ops then run one at a
-    time, each on every core, so their self-times add up to the step's wall
-    time and can be compared with each other. (Training itself runs the two
-    towers' ops concurrently, which measured the same speed within noise.)
-    """
-    import glob
-    import subprocess
+    from alexnet_tf import data, export, predict
+    from alexnet_tf.placement import device_free
+
+    model, config, names = export.load_trained(workdir)
+    size = model.input_shape[1]
+    preset = config["preset_values"]
+    source = data.load_dataset(config["dataset"], config.get("data_dir"), val_fraction=config["val_fraction"])
+    held_out = next(iter(data.eval_pipeline(source.validation.take(200), config["statistics"], batch_size=200,
+                                            crop=preset["image_size"], resize=preset["resize"])))[0].numpy()
+    keras_fn = tf.function(lambda x: tf.nn.softmax(device_free(model)(x, training=False)))
+    reference = keras_fn(held_out).numpy()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = export.export_savedmodel(model, names, config, tmp)
+        loaded = tf.saved_model.load(str(saved))
+        sig = loaded.signatures["preprocessed"]
+        runners = {"keras": lambda x: keras_fn(x).numpy(),
+                   "savedmodel": lambda x: sig(images=tf.constant(x))["probabilities"].numpy()}
+        sizes = {"savedmodel": sum(f.stat().st_size for f in saved.rglob("*") if f.is_file())}
+        calibration = export.representative_images(config, 100)
+        for kind in export.TFLITE_KINDS:
+            log(f"converting TFLite {kind}")
+            path = os.path.join(tmp, f"alexnet_{kind}.tflite")
+            with open(path, "wb") as f:
+                f.write(export.export_tflite(model, kind, representative_images=calibration))
+            export.write_tflite_metadata(path, saved)
+            sizes[f"tflite_{kind}"] = os.path.getsize(path)
+            runners[f"tflite_{kind}"] = predict.Classifier(path).probabilities
+        for name, run in runners.items():
+            log(f"timing {name}")
+            probs = run(held_out)
+            row = {"model": name, "size_bytes": sizes.get(name),
+                   "top1_agreement": float(np.mean(probs.argmax(1) == reference.argmax(1))),
+                   "max_prob_diff": float(np.abs(probs - reference).max()),
+                   "batch1": inference(run, 1, image_size=size, repeats=max(repeats, 10), warmup=warmup),
+                   "batch64": inference(run, 64, image_size=size, repeats=repeats, warmup=1)}
+            rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    # The child process of `peak_training_memory`: python -m alexnet_tf.benchmark '{"batch_size": ..., ...}'.
+    import json
     import sys
 
-    code = f"""
-import tensorflow as tf
-tf.config.threading.set_inter_op_parallelism_threads(1)
-import keras
-from alexnet_tf.benchmark import paper_train_step
-from alexnet_tf.model import build_alexnet
-keras.mixed_precision.set_global_policy({precision!r})
-model = build_alexnet(1000, image_size={image_size}, width={width}, seed=0)
-step = paper_train_step(model, {batch_size}, precision={precision!r})
-images = tf.random.uniform(({batch_size}, {image_size}, {image_size}, 3), -120, 120, seed=0)
-labels = tf.random.uniform(({batch_size},), 0, 1000, dtype=tf.int64, seed=0)
-for _ in range(2):
-    float(step(images, labels)[0])
-tf.profiler.experimental.start({str(logdir)!r})
-for i in range({steps}):
-    with tf.profiler.experimental.Trace("train", step_num=i, _r=1):
-        float(step(images, labels)[0])
-tf.profiler.experimental.stop()
-"""
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-    return sorted(glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb"))
-
-
-def _async_op_times(xplane_paths):
-    """{op name: picoseconds} of the asynchronous kernels in a trace, which xprof's op statistics
-    leave out: the calls of XLA-compiled functions (the LRN passes and the optimizer update).
-    The executor's "ProcessAsync::Start" event of such an op spans its XLA execution."""
-    import collections
-
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    times = collections.Counter()
-    for path in xplane_paths:
-        space = xplane_pb2.XSpace()
-        with open(path, "rb") as f:
-            space.ParseFromString(f.read())
-        for plane in space.planes:
-            names = {i: m.name for i, m in plane.stat_metadata.items()}
-            for line in plane.lines:
-                for event in line.events:
-                    if plane.event_metadata[event.metadata_id].name != "ExecutorState::ProcessAsync::Start":
-                        continue
-                    # The value is a string, or a reference to one interned in the stat metadata.
-                    op = next((s.str_value or names.get(s.ref_value) for s in event.stats
-                               if names.get(s.metadata_id) == "name"), None)
-                    if op:
-                        times[op] += event.duration_ps
-    return times
-
-
-def layer_breakdown(xplane_paths, steps):
-    """Milliseconds per step by (layer, pass) from a profile: the TF ops of each named layer,
-    forward ("fwd") and backward ("bwd"); the momentum update and the gradient norm as
-    "optimizer". Uses xprof (TensorBoard's profile plugin) to read the trace."""
-    import collections
-    import json
-    import re
-
-    from xprof.convert import raw_to_tool_data
-
-    raw, _ = raw_to_tool_data.xspace_to_tool_data(xplane_paths, "framework_op_stats", {})
-    table = json.loads(raw)[0]
-    columns = [c["id"] for c in table["cols"]]
-    op_times = collections.Counter({name: ps / 1e6 for name, ps in _async_op_times(xplane_paths).items()})
-    for values in table["rows"]:
-        op = dict(zip(columns, (cell.get("v") for cell in values["c"])))
-        if op["type"] != "IDLE":
-            op_times[op["operation"]] += op["total_self_time"]  # microseconds
-    layer = re.compile(r"(?:^|/)alexnet(?:_\d+)?/([a-z]+\d*(?:_[ab])?|fc7_features)(?:_\d+)?/")
-    times = collections.Counter()
-    for name, us in op_times.items():
-        if m := layer.search(name):
-            key = (m.group(1), "bwd" if name.startswith("gradients/") else "fwd")
-        elif re.search(r"sgd|L2Loss|AddN", name, re.IGNORECASE):
-            key = ("optimizer", "")
-        else:
-            key = ("other", "")
-        times[key] += us / 1e3 / steps
-    return dict(times)
-
-
-def layer_flops(model, batch_size):
-    """Forward FLOPs (2 x multiply-adds) of each Conv2D and Dense layer of `model` for one batch."""
-    import keras
-
-    flops = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, h, w, c = layer.output.shape
-            kh, kw = layer.kernel_size
-            flops[layer.name] = 2 * h * w * c * kh * kw * layer.kernel.shape[2] * batch_size
-        elif isinstance(layer, keras.layers.Dense):
-            flops[layer.name] = 2 * layer.kernel.shape[0] * layer.kernel.shape[1] * batch_size
-    return flops
-
-
-def _train_rate(results, precision, batch_size=128):
-    rows = results.get("train", []) + results.get("precision", [])
-    return next((r["images_per_s"] for r in rows
-                 if r["precision"] == precision and not r["jit"] and r["batch_size"] == batch_size), None)
-
-
-def check_targets(results):
-    """The issue's performance targets (batch 128, paper model) against `results` as alexnet-benchmark
-    collects them: a list of {target, measured, met}; a target whose sections did not run is left out."""
-    targets = []
-
-    def add(target, measured, met):
-        targets.append({"target": target, "measured": measured, "met": bool(met)})
-
-    fp32 = _train_rate(results, "float32")
-    ceiling = results.get("matmul", {}).get("gflops")
-    if fp32 and ceiling:
-        fraction = ceiling_fraction(fp32, ceiling)
-        add("fp32 train step >= 90% of the matmul ceiling",
-            f"{fraction:.1%} ({fp32:.1f} images/s, ceiling {ceiling:.0f} GFLOP/s)", fraction >= 0.9)
-    bf16 = _train_rate(results, "mixed_bfloat16")
-    if fp32 and bf16:
-        add("mixed_bfloat16 >= 1.7x fp32", f"{bf16 / fp32:.2f}x ({bf16:.1f} images/s)", bf16 / fp32 >= 1.7)
-    if fp32 and "e2e" in results:
-        e2e = results["e2e"]["images_per_s"]
-        add("training from JPEGs >= 90% of the in-memory rate", f"{e2e / fp32:.1%} ({e2e:.1f} images/s)",
-            e2e / fp32 >= 0.9)
-    if "memory" in results:
-        gib = results["memory"]["peak_rss_bytes"] / 2**30
-        add("peak resident memory of training <= 3 GiB", f"{gib:.2f} GiB", gib <= 3)
-    rows = {r["model"]: r for r in results.get("inference", [])}
-    if "tflite_int8" in rows and "savedmodel" in rows:
-        int8, saved = rows["tflite_int8"], rows["savedmodel"]
-        ratio = int8["batch1"]["median_s"] / saved["batch1"]["median_s"]
-        add("TFLite int8 batch-1 latency <= half the SavedModel's, >= 99% top-1 agreement",
-            f"{ratio:.2f}x ({int8['batch1']['median_s'] * 1e3:.1f} vs {saved['batch1']['median_s'] * 1e3:.1f} ms), "
-            f"{int8['top1_agreement']:.1%} agreement", ratio <= 0.5 and int8["top1_agreement"] >= 0.99)
-    return targets
+    _peak_memory_child(**json.loads(sys.argv[1]))

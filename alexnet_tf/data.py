@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import preprocessing
+from alexnet_tf.config import EMBEDDED_DATASET
 
-EMBEDDED_DATASET = "alexnet_shapes"
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif")
 
 # ImageNet's published RGB statistics (0..255 scale), used for imagenet2012
@@ -102,20 +102,20 @@ def load_tfds(name, data_dir=None, *, val_fraction=0.05, download=True):
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # TFDS raises several types for unknown names
-        raise DatasetError(f"--dataset={name}: not a TFDS dataset this installation knows ({e}); "
+        raise DatasetError(f"dataset={name}: not a TFDS dataset this installation knows ({e}); "
                            f"use '{EMBEDDED_DATASET}', a TFDS name, or 'folder:PATH'") from None
     if download:
         try:
             builder.download_and_prepare()
         except AssertionError as e:  # TFDS's way of saying the manual files are missing
-            raise DatasetError(f"--dataset={name}: {e}") from None
+            raise DatasetError(f"dataset={name}: {e}") from None
     features = builder.info.features
     if "image" not in features or "label" not in features:
-        raise DatasetError(f"--dataset={name}: not an image-classification dataset "
+        raise DatasetError(f"dataset={name}: not an image-classification dataset "
                            f"(it has features {sorted(features.keys())}, needs 'image' and 'label')")
     splits = builder.info.splits
     if "train" not in splits:
-        raise DatasetError(f"--dataset={name}: has no 'train' split (splits: {sorted(splits.keys())})")
+        raise DatasetError(f"dataset={name}: has no 'train' split (splits: {sorted(splits.keys())})")
     eval_split = next((s for s in ("validation", "test") if s in splits), None)
     train_split = "train"
     if eval_split is None:

@@ -1,7 +1,9 @@
 """Export a trained AlexNet: a SavedModel for TF Serving, and TFLite variants.
 
-The SavedModel is traced from `placement.device_free(model)`, so no op is
-pinned to a device and it loads on any machine, soft placement on or off.
+Every exported graph is traced from `placement.device_free(model)` inside
+`layers.plain_ops()`: no op is pinned to a device, so it loads on any machine,
+soft placement on or off, and the LRN is made of ordinary ops rather than XLA
+functions, which TF Serving and the TFLite converter run.
 Its signatures (fixed dtypes, any batch size):
 
 - `serving_default`: `image_bytes` (string [N]: JPEG or PNG of any size) ->
@@ -22,11 +24,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import preprocessing
-from alexnet_tf.layers import LocalResponseNormalization
+from alexnet_tf import layers, preprocessing
+from alexnet_tf.config import PRESETS
 from alexnet_tf.model import FEATURES_LAYER, build_alexnet
 from alexnet_tf.placement import device_free
-from alexnet_tf.training import PRESETS
 
 TFLITE_KINDS = ("float32", "float16", "dynamic", "int8")
 
@@ -41,12 +42,12 @@ def load_trained(workdir, checkpoint=None):
     workdir = Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.exists():
-        raise ExportError(f"--workdir={workdir}: no config.json; is this an alexnet-train workdir?")
+        raise ExportError(f"workdir={workdir}: no config.json; is this an alexnet-train workdir?")
     config = json.loads(config_path.read_text())
     class_names = json.loads((workdir / "classes.json").read_text())
     checkpoint = checkpoint or tf.train.latest_checkpoint(str(workdir / "checkpoints"))
     if not checkpoint:
-        raise ExportError(f"--workdir={workdir}: no checkpoint in {workdir / 'checkpoints'}")
+        raise ExportError(f"workdir={workdir}: no checkpoint in {workdir / 'checkpoints'}")
     preset = config.get("preset_values") or PRESETS[config["preset"]]
     # Dropout is off at inference; without it the model also has no seed-generator
     # state, a variable the TFLite converter cannot freeze.
@@ -54,7 +55,7 @@ def load_trained(workdir, checkpoint=None):
     try:
         tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
     except (tf.errors.NotFoundError, ValueError, AssertionError) as e:
-        raise ExportError(f"--checkpoint={checkpoint}: cannot be restored into this model ({e})") from None
+        raise ExportError(f"checkpoint={checkpoint}: cannot be restored into this model ({e})") from None
     return model, config, class_names
 
 
@@ -74,7 +75,8 @@ class _Serving(tf.Module):
         self.features = tf.function(self._features, input_signature=[images])
 
     def _classify(self, images):
-        probabilities = tf.nn.softmax(self.classifier(images, training=False))
+        with layers.plain_ops():
+            probabilities = tf.nn.softmax(self.classifier(images, training=False))
         top = tf.math.top_k(probabilities, k=min(5, int(self.class_names.shape[0])))
         return {"probabilities": probabilities, "top5_classes": top.indices,
                 "top5_names": tf.gather(self.class_names, top.indices)}
@@ -85,7 +87,8 @@ class _Serving(tf.Module):
         return self._classify(images)
 
     def _features(self, images):
-        return {"fc7": self.extractor(images, training=False)}
+        with layers.plain_ops():
+            return {"fc7": self.extractor(images, training=False)}
 
 
 def next_version(export_dir):
@@ -123,13 +126,16 @@ def export_tflite(model, kind, *, representative_images=None):
     dequantize/quantize around them).
     """
     if kind not in TFLITE_KINDS:
-        raise ExportError(f"--tflite: unknown kind {kind!r}; choose from {', '.join(TFLITE_KINDS)}")
+        raise ExportError(f"tflite: unknown kind {kind!r}; choose from {', '.join(TFLITE_KINDS)}")
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     portable = device_free(model)
     size = model.input_shape[1]
-    fn = tf.function(lambda images: portable(images, training=False),
-                     input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="images")])
+    def classify(images):
+        with layers.plain_ops():
+            return portable(images, training=False)
+
+    fn = tf.function(classify, input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="images")])
     # Weights as constants: left as variables, the converter keeps them as
     # resource variables, which int8 calibration cannot run.
     frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
@@ -161,7 +167,7 @@ def _int8_with_float_lrn(converter, model, representative_images):
     squared sums are what int8 represents worst. TFLite's selective
     quantization (the QuantizationDebugger's deny list) keeps them float.
     """
-    lrn_layers = [layer.name for layer in model.layers if isinstance(layer, LocalResponseNormalization)]
+    lrn_layers = [layer.name for layer in model.layers if isinstance(layer, layers.LocalResponseNormalization)]
     from ai_edge_litert.interpreter import Interpreter
 
     float_tensors = Interpreter(model_content=converter().convert()).get_tensor_details()

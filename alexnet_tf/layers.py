@@ -37,8 +37,8 @@ def plain_ops():
 
     For graphs that leave TensorFlow's own runtime: TF Serving runs
     `jit_compile` functions only behind an experimental flag, and the TFLite
-    converter wants ordinary ops. `placement.device_free` (used by export) turns
-    this on. Same function, slower in TensorFlow, fast in TFLite (BUILD_NOTES.md).
+    converter wants ordinary ops. Export traces its graphs inside this block.
+    Same function, slower in TensorFlow, fast in TFLite (BUILD_NOTES.md).
     """
     token = _use_xla.set(False)
     try:

@@ -16,8 +16,9 @@ GTX 580. Reproducing that in Keras 3 on TensorFlow has three traps:
 3. A SavedModel records the device of every op in its functions. A model whose
    towers are pinned to /GPU:1 would not load on a machine without one. The
    export therefore traces `device_free(model)`, which shares the weights but
-   opens no device scope (and builds the LRN from plain ops rather than XLA
-   functions, for the same reason: the graph must run anywhere).
+   opens no device scope. (Export also traces the LRN from plain ops rather
+   than XLA functions, `layers.plain_ops()`, for the same reason: the graph
+   must run anywhere. It composes the two itself.)
 """
 
 import contextlib
@@ -138,14 +139,14 @@ LocalResponseNormalization = _placed(LocalResponseNormalization)
 
 
 class _DeviceFree(keras.Model):
-    """Runs `placed` with every tower's device scope switched off and the LRN in plain ops."""
+    """Runs `placed` with every tower's device scope switched off."""
 
     def __init__(self, placed, **kwargs):
         super().__init__(name=placed.name, **kwargs)
         self.placed = placed
 
     def call(self, inputs, training=False):
-        with _placement_disabled(), layers.plain_ops():
+        with _placement_disabled():
             return self.placed(inputs, training=training)
 
 
@@ -153,9 +154,7 @@ def device_free(model):
     """A model that shares `model`'s weights but pins no op to a device.
 
     Export traces this copy, so the SavedModel loads on any machine, also with
-    soft device placement off, and runs in TF Serving and the TFLite converter
-    without XLA: its LRN layers are built from plain ops (`layers.plain_ops`).
-    Training further through `model` changes this copy too: the variables are
-    the same objects.
+    soft device placement off. Training further through `model` changes this
+    copy too: the variables are the same objects.
     """
     return _DeviceFree(model)

@@ -22,7 +22,7 @@ class Classifier:
         path = Path(path)
         if path.is_dir():
             if not (path / "saved_model.pb").exists():
-                raise PredictError(f"--model={path}: not a SavedModel directory (no saved_model.pb)")
+                raise PredictError(f"model={path}: not a SavedModel directory (no saved_model.pb)")
             meta = json.loads((path / "assets" / "alexnet_tf.json").read_text())
             self.class_names = (path / "assets" / "classes.txt").read_text().splitlines()
             self._saved = tf.saved_model.load(str(path))
@@ -30,7 +30,7 @@ class Classifier:
         elif path.suffix == ".tflite" and path.is_file():
             sidecar = Path(str(path) + ".json")
             if not sidecar.exists():
-                raise PredictError(f"--model={path}: missing {sidecar.name} (written by alexnet-export)")
+                raise PredictError(f"model={path}: missing {sidecar.name} (written by alexnet-export)")
             meta = json.loads(sidecar.read_text())
             self.class_names = meta["class_names"]
             from ai_edge_litert.interpreter import Interpreter
@@ -39,7 +39,7 @@ class Classifier:
             self._interpreter.allocate_tensors()
             self._saved = None
         else:
-            raise PredictError(f"--model={path}: no such SavedModel directory or .tflite file")
+            raise PredictError(f"model={path}: no such SavedModel directory or .tflite file")
         self.image_size, self.resize, self.mean = meta["image_size"], meta["resize"], meta["mean"]
 
     @property
@@ -123,6 +123,15 @@ def nearest(query_features, gallery_features, k):
           - 2 * query_features @ gallery_features.T)
     order = np.argsort(d2, axis=1)[:, :k]
     return order, np.sqrt(np.maximum(np.take_along_axis(d2, order, 1), 0))
+
+
+def search_gallery(classifier, query_paths, query_features, gallery, k, batch_size=32, on_error=print):
+    """[(query path, [(gallery file, distance)] * k)]: each query's k nearest images of the `gallery`
+    folder by fc7 distance (the paper's Figure 4)."""
+    items = load_images(classifier, list_images([gallery]), on_error=on_error)
+    order, dist = nearest(query_features, features(classifier, items, batch_size), k)
+    return [(path, [(str(items[i][0]), float(x)) for i, x in zip(idx, d)])
+            for path, idx, d in zip(query_paths, order, dist)]
 
 
 def contact_sheet(rows, path, thumb=96):

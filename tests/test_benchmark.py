@@ -1,10 +1,10 @@
-"""The benchmark's building blocks: timing, FLOP counting and the profile breakdown."""
+"""The benchmark's building blocks: timing, FLOP counting, the profile breakdown and the targets."""
 
 import pytest
 
-from alexnet_tf import benchmark
+from alexnet_tf import benchmark, profiling
 from alexnet_tf.model import build_alexnet
-from conftest import TINY
+from helpers import TINY
 
 
 def test_time_call_runs_warmup_then_repeats_and_reports_their_spread():
@@ -17,8 +17,9 @@ def test_time_call_runs_warmup_then_repeats_and_reports_their_spread():
         benchmark.time_call(lambda: None, repeats=0)
 
 
+@pytest.mark.heavy
 def test_layer_flops_add_up_to_the_papers_multiply_adds():
-    flops = benchmark.layer_flops(build_alexnet(1000), batch_size=2)
+    flops = profiling.layer_flops(build_alexnet(1000), batch_size=2)
     # conv1 of one tower: 55x55 outputs x 48 filters x 11x11x3 weights each.
     assert flops["conv1_a"] == 2 * 55 * 55 * 48 * 11 * 11 * 3 * 2
     assert flops["fc6_a"] == 2 * (6 * 6 * 256) * 2048 * 2
@@ -28,10 +29,10 @@ def test_layer_flops_add_up_to_the_papers_multiply_adds():
 
 def test_profile_of_a_train_step_names_every_layer_forward_and_backward(tmp_path):
     steps = 2
-    paths = benchmark.profile_train_step(tmp_path / "profile", batch_size=4, steps=steps,
+    paths = profiling.profile_train_step(tmp_path / "profile", batch_size=4, steps=steps,
                                          width=TINY["width"], image_size=TINY["image_size"])
     assert paths and all(p.endswith(".xplane.pb") for p in paths)
-    times = benchmark.layer_breakdown(paths, steps)
+    times = profiling.layer_breakdown(paths, steps)
     for tower in "ab":
         for layer in ("conv1", "norm1", "conv2", "norm2", "conv5", "fc6", "fc7"):
             for pass_ in ("fwd", "bwd"):
@@ -46,6 +47,8 @@ def _step(images_per_s, precision="float32", jit=False, batch_size=128):
 
 
 def test_check_targets_judges_each_target_from_the_measurements():
+    from tools.benchmark import check_targets
+
     # 100 GFLOP/s ceiling: 90% of it is 0.9e11 / TRAIN_FLOP_PER_IMAGE images/s.
     at_90 = 0.9e11 / benchmark.TRAIN_FLOP_PER_IMAGE
     results = {
@@ -57,9 +60,9 @@ def test_check_targets_judges_each_target_from_the_measurements():
         "inference": [{"model": "savedmodel", "batch1": {"median_s": 0.010}, "top1_agreement": 1.0},
                       {"model": "tflite_int8", "batch1": {"median_s": 0.004}, "top1_agreement": 0.995}],
     }
-    met = {t["target"].split(" >=")[0].split(" <=")[0]: t["met"] for t in benchmark.check_targets(results)}
+    met = {t["target"].split(" >=")[0].split(" <=")[0]: t["met"] for t in check_targets(results)}
     assert met == {"fp32 train step": True, "mixed_bfloat16": False, "training from JPEGs": True,
                    "peak resident memory of training": False, "TFLite int8 batch-1 latency": True}
     # Only what was measured is judged.
-    assert [t["target"] for t in benchmark.check_targets({"memory": results["memory"]})] == \
+    assert [t["target"] for t in check_targets({"memory": results["memory"]})] == \
         ["peak resident memory of training <= 3 GiB"]

@@ -115,7 +115,7 @@ def test_folder_errors_name_the_folder(tmp_path, layout, message):
 
 
 def test_unknown_tfds_name_is_a_clear_error(tmp_path):
-    with pytest.raises(data.DatasetError, match="--dataset=no_such_dataset_xyz"):
+    with pytest.raises(data.DatasetError, match="dataset=no_such_dataset_xyz"):
         data.load_dataset("no_such_dataset_xyz", str(tmp_path))
 
 
@@ -209,10 +209,10 @@ def test_imagenet2012_builds_offline_from_the_official_tars(tmp_path):
     assert data.dataset_statistics(source, str(tmp_path)) == data.IMAGENET_STATISTICS
 
     # One training step runs on the result (the tiny model with ImageNet's 1000 classes).
-    from alexnet_tf import training
-    config = training.TrainConfig(dataset="imagenet2012", data_dir=str(tmp_path), workdir=str(tmp_path / "run"),
-                                  preset="tiny", batch_size=4, steps=1, eval_every=1)
-    result = training.train(config, log=lambda *_: None)
+    from alexnet_tf import config as cfg, training
+    config = cfg.TrainConfig(dataset="imagenet2012", data_dir=str(tmp_path), workdir=str(tmp_path / "run"),
+                             preset="tiny", batch_size=4, steps=1, eval_every=1)
+    result, _ = training.train(config, log=lambda *_: None)
     assert result["step"] == 1 and np.isfinite(result["validation_loss"])
     assert json.loads((tmp_path / "run" / "config.json").read_text())["num_classes"] == 1000
 

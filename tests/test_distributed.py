@@ -9,18 +9,16 @@ import textwrap
 import numpy as np
 import pytest
 
-from subprocess_tf import ROOT, run
-from test_train_loop import free_port
+from helpers import free_port, run_with_devices as run, subprocess_env
 
 
 def test_momentum_slots_and_updates_stay_on_their_towers_device():
     out = run("""
 import keras
-from alexnet_tf import build_alexnet, training
+from alexnet_tf import build_alexnet, optim, steps
 model = build_alexnet(10, image_size=67, width=0.125, tower_devices=("/CPU:0", "/CPU:1"), seed=0)
-optimizer = training.PaperSGD(0.01, momentum=0.9, l2_decay=5e-4)
-optimizer.build(model.trainable_variables)
-step = training.make_train_step(model, optimizer, global_batch_size=2, strategy=tf.distribute.get_strategy())
+optimizer = optim.make_optimizer(model.trainable_variables)
+step = steps.make_train_step(model, optimizer, global_batch_size=2, strategy=tf.distribute.get_strategy())
 images, labels = tf.random.uniform((2, 67, 67, 3)) * 255, tf.constant([1, 2], tf.int64)
 step(images, labels)  # runs with soft placement off
 graph = step.get_concrete_function(images, labels).graph
@@ -78,12 +76,11 @@ print(json.dumps(dict(writes=writes, slots=slots,
 WORKER = """
 import os, sys
 import numpy as np
-sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
-from conftest import tiny_config
+from helpers import tiny_config
 from alexnet_tf import training
 config = tiny_config({workdir!r}, {dataset!r}, {data_dir!r}, strategy={strategy!r}, dropout=0.0,
                      deterministic=True, steps=4, batch_size=8, eval_every=4, seed=3)
-result, state = training.train(config, log=lambda *a: None, return_state=True)
+result, state = training.train(config, log=lambda *a: None)
 np.savez({out!r}, *[v.numpy() for v in state["model"].trainable_variables])
 """
 
@@ -92,10 +89,10 @@ np.savez({out!r}, *[v.numpy() for v in state["model"].trainable_variables])
 def test_two_workers_match_one_process_on_the_same_global_batches(tmp_path, shapes_folder):
     """Two MultiWorkerMirroredStrategy workers on loopback ports vs. one process, dropout off."""
     data_dir = tmp_path / "data"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    env = subprocess_env(TF_CPP_MIN_LOG_LEVEL="2")
 
     def script(workdir, strategy, out):
-        return textwrap.dedent(WORKER).format(root=str(ROOT), tests=str(ROOT / "tests"), workdir=str(workdir),
+        return textwrap.dedent(WORKER).format(workdir=str(workdir),
                                               dataset=str(shapes_folder), data_dir=str(data_dir),
                                               strategy=strategy, out=str(out))
 

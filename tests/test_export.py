@@ -12,8 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from alexnet_tf import export, predict, preprocessing, training
-from conftest import tiny_config
-from subprocess_tf import ROOT, run
+from helpers import cli, run_with_devices as run, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +21,7 @@ def trained(tmp_path_factory, shapes_folder):
     root = tmp_path_factory.mktemp("export")
     config = tiny_config(root / "run", shapes_folder, root / "data", steps=600, batch_size=16, eval_every=600,
                          log_every=100, warmup_steps=50, val_fraction=0.1, dropout=0.0)
-    result = training.train(config, log=lambda *_: None)
+    result, _ = training.train(config, log=lambda *_: None)
     # The agreement tests below only mean something for a model that learned.
     assert result["validation_accuracy"] >= 0.3, result
     model, run_config, names = export.load_trained(root / "run")
@@ -162,9 +161,7 @@ def test_bytes_signature_equals_python_preprocessing_then_float_signature(traine
 
 
 def predict_cli(*args):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "tools.predict", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return cli("predict", *args)
 
 
 def test_predict_cli_reports_bad_files_and_predicts_the_rest(trained, held_out, tmp_path):

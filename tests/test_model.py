@@ -4,7 +4,7 @@ import tensorflow as tf
 import keras
 
 from alexnet_tf.model import build_alexnet, conv1_padding, weight_layer_names
-from conftest import TINY
+from helpers import TINY
 
 
 @pytest.fixture(scope="module")

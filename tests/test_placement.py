@@ -9,8 +9,7 @@ import re
 import pytest
 
 from alexnet_tf import build_alexnet, resolve_tower_devices
-from conftest import TINY
-from subprocess_tf import run
+from helpers import TINY, run_with_devices as run
 
 BUILD = f"""
 from alexnet_tf import build_alexnet, device_free
@@ -141,6 +140,8 @@ def test_missing_device_is_an_error_listing_the_real_ones():
         resolve_tower_devices("/CPU:0")
 
 
+@pytest.mark.skipif(len(__import__("tensorflow").config.list_logical_devices("GPU")) >= 2,
+                    reason="with two GPUs automatic placement pins the towers to them")
 def test_automatic_placement_without_gpus_pins_nothing():
     # With fewer than two GPUs TensorFlow's own placement runs both towers on
     # the one GPU or the CPU; explicit names are canonicalised.

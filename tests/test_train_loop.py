@@ -1,28 +1,22 @@
 """The training loop end to end on the tiny preset: resume, bad losses, the CLI, kills and TensorBoard."""
 
 import json
-import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import training
-from conftest import tiny_config
-from subprocess_tf import ROOT
+from alexnet_tf import config as cfg, training
+from helpers import cli as run_cli, tiny_config
 
 
 def test_train_writes_its_run_and_resumes(tmp_path, shapes_folder):
     logs = []
     config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data")
-    result = training.train(config, log=logs.append)
+    result, _ = training.train(config, log=logs.append)
     assert result["step"] == 4 and 0 <= result["validation_accuracy"] <= 1
     run = tmp_path / "run"
     saved = json.loads((run / "config.json").read_text())
@@ -35,7 +29,7 @@ def test_train_writes_its_run_and_resumes(tmp_path, shapes_folder):
     # The same command with more steps continues from step 4.
     config.steps = 6
     logs.clear()
-    result = training.train(config, log=logs.append)
+    result, _ = training.train(config, log=logs.append)
     assert result["step"] == 6
     assert any(re.search(r"resumed from .*ckpt-4 at step 4", line) for line in logs), logs
 
@@ -57,10 +51,8 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, shapes_folder):
         assert latest is None
 
 
-def cli(*args, **kwargs):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.Popen([sys.executable, "-m", "tools.train", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+def cli(*args):
+    return run_cli("train", *args, wait=False)
 
 
 @pytest.mark.parametrize("flag, shown", [
@@ -68,7 +60,8 @@ def cli(*args, **kwargs):
     ("--lr_schedule=cosine", "--lr_schedule"),
     ("--tower_devices=/CPU:0", "--tower_devices"),
     ("--dataset=folder:/nonexistent/place", "/nonexistent/place"),
-    ("--lr=0", "--lr=0.0: must be > 0"),
+    ("--lr=0", "--lr=0.0: must be a finite number > 0"),
+    ("--lr=inf", "--lr=inf: must be a finite number > 0"),
 ])
 def test_cli_bad_value_is_one_line_naming_it(tmp_path, flag, shown):
     proc = cli(flag, f"--workdir={tmp_path}/w", f"--data_dir={tmp_path}/d")
@@ -154,64 +147,44 @@ def test_sigterm_writes_a_final_checkpoint(tmp_path, shapes_folder):
     assert tf.train.latest_checkpoint(str(ckpts)).endswith(f"ckpt-{m.group(1)}")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def read_events(logdir):
+    """{tag: [(step, tensor as NumPy)]} from the TensorBoard event files under `logdir`, as TensorBoard reads them."""
+    found = {}
+    for path in sorted(tf.io.gfile.glob(f"{logdir}/events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append((event.step, tf.make_ndarray(value.tensor)))
+    return found
 
 
-def test_tensorboard_serves_the_scalars_and_the_kernel_image(tmp_path, shapes_folder):
+def test_tensorboard_gets_the_scalars_histograms_and_the_kernel_image(tmp_path, shapes_folder):
     config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data", steps=2, eval_every=2)
     training.train(config, log=lambda *_: None)
-    port = free_port()
-    board = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path / "run"),
-                              "--host", "127.0.0.1", "--port", str(port), "--load_fast=false"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-
-    def get(path):
-        with urllib.request.urlopen(base + path, timeout=10) as response:
-            return response.read()
-
-    def scalars_ready():
-        try:
-            tags = json.loads(get("/data/plugin/scalars/tags"))
-            return "validation" in tags and "loss" in tags.get("train", {})
-        except OSError:
-            return False
-
-    try:
-        wait_for(scalars_ready, 90, "TensorBoard to serve the run")
-        tags = json.loads(get("/data/plugin/scalars/tags"))
-        assert {"loss", "top1_error", "top5_error", "learning_rate", "images_per_second", "gradient_norm",
-                "weight_norm"} <= set(tags["train"])
-        assert {"loss", "top1_error", "top5_error"} <= set(tags["validation"])
-        images = json.loads(get("/data/plugin/images/tags"))
-        assert "conv1_kernels" in images["train"]
-        listing = json.loads(get("/data/plugin/images/images?run=train&tag=conv1_kernels"))
-        png = get("/data/plugin/images/individualImage?" + listing[-1]["query"])
-        assert png[:8] == b"\x89PNG\r\n\x1a\n"
-        histograms = json.loads(get("/data/plugin/histograms/tags"))
-        assert any(tag.startswith("weights/conv1_a") for tag in histograms["train"])
-        # Every weight of the kernel is counted once, in buckets that tile its range.
-        series = json.loads(get("/data/plugin/histograms/histograms?run=train&tag=weights/conv1_a/kernel"))
-        buckets = np.array(series[-1][2])
-        assert buckets.shape == (30, 3)
-        assert buckets[:, 2].sum() == 11 * 11 * 3 * round(48 * training.PRESETS["tiny"]["width"])
-        np.testing.assert_allclose(buckets[1:, 0], buckets[:-1, 1])
-    finally:
-        board.terminate()
-        board.wait(timeout=30)
+    train, validation = read_events(tmp_path / "run" / "train"), read_events(tmp_path / "run" / "validation")
+    assert {"loss", "top1_error", "top5_error", "learning_rate", "images_per_second", "gradient_norm",
+            "weight_norm"} <= set(train)
+    assert [step for step, _ in train["loss"]] == [1, 2]  # log_every=1
+    assert all(np.isfinite(v) and v > 0 for _, v in train["loss"])
+    assert {"loss", "top1_error", "top5_error"} <= set(validation)
+    # The conv1 kernels as one PNG (tf.summary.image stores width, height, then the encoded images).
+    (_, image), = train["conv1_kernels"]
+    assert image[2][:8] == b"\x89PNG\r\n\x1a\n"
+    # Every weight of the kernel is counted once, in buckets that tile its range.
+    (_, buckets), = train["weights/conv1_a/kernel"]
+    assert buckets.shape == (30, 3)
+    assert buckets[:, 2].sum() == 11 * 11 * 3 * round(48 * cfg.PRESETS["tiny"]["width"])
+    np.testing.assert_allclose(buckets[1:, 0], buckets[:-1, 1])
+    assert any(tag.startswith("weights/fc8") for tag in train)
 
 
 def test_warmup_ramps_the_learning_rate_then_hands_over(tmp_path, shapes_folder):
     config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data", lr=0.02, warmup_steps=4, steps=2,
                          eval_every=100)
-    _, state = training.train(config, log=lambda *_: None, return_state=True)
+    _, state = training.train(config, log=lambda *_: None)
     # The rate of the last step taken (step 2 of a 4-step ramp) is 2/4 of --lr.
     assert np.isclose(float(state["optimizer"].learning_rate.numpy()), 0.02 * 2 / 4)
     config.steps = 7
-    _, state = training.train(config, log=lambda *_: None, return_state=True)
+    _, state = training.train(config, log=lambda *_: None)
     assert np.isclose(float(state["optimizer"].learning_rate.numpy()), 0.02)
 
 
@@ -223,7 +196,7 @@ def test_warmup_ramps_the_learning_rate_then_hands_over(tmp_path, shapes_folder)
 ], ids=["bfloat16", "float16-loss-scaling", "xla", "ten-crop-eval"])
 def test_precision_xla_and_ten_crop_options_train_and_evaluate(tmp_path, shapes_folder, overrides):
     config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data", steps=3, eval_every=3, **overrides)
-    result, state = training.train(config, log=lambda *_: None, return_state=True)
+    result, state = training.train(config, log=lambda *_: None)
     assert result["step"] == 3 and np.isfinite(result["validation_loss"])
     assert 0 <= result["validation_top1_error"] <= 1 and result["validation_top5_error"] <= result["validation_top1_error"]
     variables = state["model"].trainable_variables
@@ -238,11 +211,11 @@ def test_precision_xla_and_ten_crop_options_train_and_evaluate(tmp_path, shapes_
 def test_step_schedule_drops_inside_the_loop(tmp_path, shapes_folder):
     config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data", lr=0.01, lr_schedule="step",
                          step_epochs=1, steps=1, eval_every=100)
-    result, state = training.train(config, log=lambda *_: None, return_state=True)
+    result, state = training.train(config, log=lambda *_: None)
     steps_per_epoch = json.loads((tmp_path / "run" / "config.json").read_text())["steps_per_epoch"]
     assert np.isclose(float(state["optimizer"].learning_rate.numpy()), 0.01)
     logs = []
     config.steps = steps_per_epoch + 1
-    _, state = training.train(config, log=logs.append, return_state=True)
+    _, state = training.train(config, log=logs.append)
     assert np.isclose(float(state["optimizer"].learning_rate.numpy()), 0.001)
     assert any(f"step {steps_per_epoch}: learning rate divided by 10" in line for line in logs), logs

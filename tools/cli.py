@@ -1,17 +1,79 @@
-"""What every alexnet-* entry point shares: absl's app.run, with bad flags reported on one line."""
+"""What every alexnet-* entry point shares: absl's app.run, quiet by default, errors on one line.
 
+- `--help` lists the tool's own flags with their help and defaults, and exits 0
+  (absl's and TensorFlow's flags are under `--helpfull`).
+- Library chatter is off by default: TensorFlow's C++ start-up lines (oneDNN
+  notices, CUDA probes, the cuInit error on machines without a GPU) and absl
+  INFO lines of TFDS and the SavedModel writer. `--verbosity=0` (absl's own
+  flag; 1 and more for debug) brings them back, and so does setting
+  TF_CPP_MIN_LOG_LEVEL yourself. Warnings still show.
+- A library error whose message starts with `name=value` names the flag of the
+  same name; `error` prints it as `--name=value`.
+"""
+
+import os
+import re
 import sys
+import tempfile
 
-from absl import app, flags
+from absl import app, flags, logging
+
+
+def error(name, message):
+    """Prints `<name>: error: <message>` on stderr, a parameter `x=...` at its start shown as the flag `--x=...`."""
+    text = str(message)
+    if re.match(r"^[a-z_]+=", text):
+        text = "--" + text
+    print(f"{name}: error: {text}", file=sys.stderr)
+
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with file descriptor 2 sent to a scratch file: its C++ libraries log their
+    start-up lines before their log threshold is read, so TF_CPP_MIN_LOG_LEVEL cannot hide them.
+    If the import fails, what it wrote is shown."""
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _quiet_unless_asked():
+    """Hide TensorFlow's C++ log lines and absl INFO lines, unless --verbosity was given."""
+    if flags.FLAGS["verbosity"].present or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    flags.FLAGS.verbosity = logging.WARNING  # absl would raise it to INFO after parsing
+    logging.set_verbosity(logging.WARNING)
+    _import_tensorflow_quietly()
 
 
 def run(main, name):
     """Runs `main` under absl; a bad flag value prints `<name>: error: ...` and exits with status 2."""
+    module = sys.modules[main.__module__]
+
     def parse_flags(argv):
+        if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
+            print((module.__doc__ or "").strip() + "\n")
+            # absl files a `python -m` main's flags under its script path.
+            print(flags.FLAGS.module_help(sys.argv[0] if module.__name__ == "__main__" else module.__name__))
+            print("\nabsl's and TensorFlow's own flags: --helpfull")
+            sys.exit(0)
         try:
-            return flags.FLAGS(argv)
+            rest = flags.FLAGS(argv)
         except flags.Error as e:
             print(f"{name}: error: {e}", file=sys.stderr)
             sys.exit(2)
+        _quiet_unless_asked()
+        return rest
 
     app.run(main, flags_parser=parse_flags)

@@ -46,7 +46,7 @@ def main(argv):
             export.write_tflite_metadata(out, path)
             print(f"TFLite {kind}: {out} ({len(flatbuffer) / 2**20:.1f} MiB)")
     except export.ExportError as e:
-        print(f"alexnet-export: error: {e}", file=sys.stderr)
+        cli.error("alexnet-export", e)
         return 1
     return 0
 

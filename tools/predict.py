@@ -50,7 +50,7 @@ def main(argv):
     try:
         classifier = predict.Classifier(FLAGS.model)
     except predict.PredictError as e:
-        print(f"alexnet-predict: error: {e}", file=sys.stderr)
+        cli.error("alexnet-predict", e)
         return 2
     files = predict.list_images(inputs)
     items = predict.load_images(classifier, files, ten_crop=FLAGS.ten_crop, on_error=report)
@@ -68,12 +68,9 @@ def main(argv):
                 np.save(FLAGS.features, query)
                 print(f"fc7 features of {len(plain)} images -> {FLAGS.features} (rows in the order listed above)")
             if FLAGS.neighbors:
-                gallery = predict.load_images(classifier, predict.list_images([FLAGS.gallery]), on_error=report)
-                order, dist = predict.nearest(query, predict.features(classifier, gallery, FLAGS.batch_size),
-                                              FLAGS.neighbors)
                 rows = []
-                for (path, _), idx, d in zip(plain, order, dist):
-                    found = [(str(gallery[i][0]), float(x)) for i, x in zip(idx, d)]
+                for path, found in predict.search_gallery(classifier, [p for p, _ in plain], query, FLAGS.gallery,
+                                                          FLAGS.neighbors, FLAGS.batch_size, on_error=report):
                     rows.append([path] + [f for f, _ in found])
                     if FLAGS.json:
                         print(json.dumps({"file": str(path), "neighbors": [{"file": f, "distance": x}
@@ -84,7 +81,7 @@ def main(argv):
                     predict.contact_sheet(rows, FLAGS.contact_sheet)
                     print(f"contact sheet -> {FLAGS.contact_sheet}")
     except predict.PredictError as e:
-        print(f"alexnet-predict: error: {e}", file=sys.stderr)
+        cli.error("alexnet-predict", e)
         return 2
     return 1 if failures else 0
 

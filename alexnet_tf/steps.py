@@ -1,0 +1,74 @@
+"""The per-replica training and evaluation steps, as pure functions of their inputs.
+
+`make_train_step` and `make_eval_step` return `tf.function`s that run one step
+on every replica of a `tf.distribute` strategy and return the sums over the
+global batch, as tensors: the caller decides when to read them back.
+"""
+
+import keras
+import tensorflow as tf
+
+
+def top_k_correct(logits, labels, k):
+    return tf.reduce_sum(tf.cast(tf.math.in_top_k(tf.cast(labels, tf.int32), logits, k), tf.float32))
+
+
+def make_train_step(model, optimizer, *, global_batch_size, strategy, jit=False):
+    """A `tf.function(images, labels)` that runs one step on every replica.
+
+    The loss is the cross-entropy alone; the paper's weight decay is part of
+    the update (`PaperSGD`). Returns summed (over the global batch)
+    cross-entropy, top-1 and top-5 correct counts, and the norm of the
+    cross-entropy's gradient.
+    """
+    variables = model.trainable_variables
+    replicas = strategy.num_replicas_in_sync
+    scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def replica_step(images, labels):
+        logits = model(images, training=True)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=logits)
+        ce_sum = tf.reduce_sum(ce)
+        # Averaged over the global batch: the all-reduce sums the replicas'
+        # gradients into the gradient of the global batch's mean loss.
+        loss = ce_sum / global_batch_size
+        # tf.gradients, not GradientTape: it keeps each backward op on the
+        # device of its forward op, so each tower's backward pass stays home.
+        grads = tf.gradients(optimizer.scale_loss(loss) if scales_loss else loss, [v.value for v in variables])
+        optimizer.apply(grads, variables)
+        if scales_loss:
+            grads = [g / optimizer.dynamic_scale for g in grads]
+        return ce_sum, top_k_correct(logits, labels, 1), top_k_correct(logits, labels, 5), tf.linalg.global_norm(grads)
+
+    @tf.function(jit_compile=jit)
+    def step(images, labels):
+        out = strategy.run(replica_step, args=(images, labels))
+        ce, top1, top5, gnorm = (strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in out)
+        return ce, top1, top5, gnorm / replicas
+
+    return step
+
+
+def make_eval_step(model, strategy, *, ten_crop=False):
+    """A `tf.function(images, labels)` -> (summed cross-entropy, top-1 and top-5 correct counts).
+
+    With `ten_crop`, images are [batch, 10, h, w, 3] and the softmax of the ten
+    views is averaged, as in the paper.
+    """
+    def replica_step(images, labels):
+        if ten_crop:
+            shape = tf.shape(images)
+            logits = model(tf.reshape(images, tf.concat([[-1], shape[2:]], 0)), training=False)
+            probs = tf.reduce_mean(tf.reshape(tf.nn.softmax(logits), [shape[0], 10, -1]), axis=1)
+        else:
+            probs = tf.nn.softmax(model(images, training=False))
+        labels = tf.cast(labels, tf.int32)
+        ce = -tf.math.log(tf.maximum(tf.gather(probs, labels, batch_dims=1), 1e-12))
+        return tf.reduce_sum(ce), top_k_correct(probs, labels, 1), top_k_correct(probs, labels, 5)
+
+    @tf.function
+    def step(images, labels):
+        out = strategy.run(replica_step, args=(images, labels))
+        return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in out)
+
+    return step

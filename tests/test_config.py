@@ -1,0 +1,60 @@
+"""The configuration module and the tools' front door: recipes, flag checks before TensorFlow, --help, quiet runs."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from alexnet_tf import config as cfg
+from helpers import ROOT, cli, subprocess_env
+
+
+@pytest.mark.parametrize("tool", ["train", "export", "predict", "benchmark"])
+def test_config_and_tools_import_without_tensorflow(tool):
+    code = (f"import sys; import alexnet_tf.config, tools.{tool}; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_make_config_takes_the_recipe_then_the_papers_defaults():
+    embedded = cfg.make_config()
+    assert embedded.dataset == cfg.EMBEDDED_DATASET and embedded.workdir == "runs/alexnet_shapes-paper"
+    assert {f: getattr(embedded, f) for f in cfg.RECIPE_FIELDS} == cfg.EMBEDDED_RECIPE
+    paper = cfg.make_config(dataset="folder:/data/x", preset="tiny", lr=None, epochs=5)
+    assert paper.lr == 0.01 and paper.lr_schedule == "plateau" and paper.epochs == 5 and paper.warmup_steps == 0
+    assert paper.workdir == "runs/folder_data_x-tiny"
+    assert cfg.make_config(tower_devices=["/CPU:0", "/CPU:1"]).tower_devices == ("/CPU:0", "/CPU:1")
+    with pytest.raises(TypeError, match="unknown field.*colour"):
+        cfg.make_config(colour="red")
+
+
+def test_help_lists_the_tools_own_flags_and_exits_0():
+    proc = cli("train", "--help", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--batch_size", "--lr", "--workdir", "--tower_devices", "--export_dir"):
+        assert flag in proc.stdout
+    assert "(default: '0.9')" in proc.stdout  # the momentum's default, from TrainConfig
+    assert "--xla_" not in proc.stdout and "--helpfull" in proc.stdout  # others' flags stay behind --helpfull
+
+
+def test_a_tiny_training_run_prints_no_library_chatter(tmp_path, shapes_folder):
+    env = subprocess_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    proc = cli("train", f"--dataset=folder:{shapes_folder}", f"--data_dir={tmp_path}/data",
+               f"--workdir={tmp_path}/run", "--preset=tiny", "--batch_size=8", "--steps=2", "--eval_every=2",
+               f"--export_dir={tmp_path}/export", env=env)
+    assert proc.returncode == 0, proc.stderr
+    chatter = re.compile(r"^[IWEF]\d{4} |oneDNN|cuda|cuInit|absl::InitializeLog|Constructing tf\.data|"
+                         r"Sharding callback|^INFO:|^I\d{4}")
+    noisy = [l for l in (proc.stdout + proc.stderr).splitlines() if chatter.search(l)]
+    assert not noisy, noisy
+    assert "validation accuracy:" in proc.stdout and f"SavedModel: {tmp_path}/export/1" in proc.stdout
+    # --verbosity brings TensorFlow's own lines back.
+    loud = cli("train", f"--dataset=folder:{shapes_folder}", f"--data_dir={tmp_path}/data",
+               f"--workdir={tmp_path}/run", "--preset=tiny", "--batch_size=8", "--steps=2", "--export_dir=",
+               "--verbosity=0", env=env)
+    assert loud.returncode == 0 and chatter.search(loud.stderr), loud.stderr
