@@ -1,12 +1,15 @@
 """alexnet_tf: the paper's two-tower AlexNet in TensorFlow/Keras.
 
-The names below load on first use, so that light modules (`alexnet_tf.recipes`)
+The names below load on first use, so that light modules (`alexnet_tf.config`)
 and `--help` of the tools do not pay for importing TensorFlow.
 """
 
 import importlib
 
 _EXPORTS = {
+    "AlexNet": "alexnet_tf.applications",
+    "decode_predictions": "alexnet_tf.applications",
+    "preprocess_input": "alexnet_tf.applications",
     "LocalResponseNormalization": "alexnet_tf.layers",
     "build_alexnet": "alexnet_tf.model",
     "device_free": "alexnet_tf.placement",

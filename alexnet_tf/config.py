@@ -10,7 +10,9 @@ field left as None from the recipe, then from the paper.
 """
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 
 EMBEDDED_DATASET = "alexnet_shapes"
 
@@ -26,6 +28,9 @@ PRESETS = {
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SCHEDULES = ("plateau", "step")
+LRN_CHOICES = ("paper", "caffe", None)  # see alexnet_tf.model.LRN_CONSTANTS
+# The weight layers `train_layers` names (each stands for both towers' halves).
+WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
 
 @dataclasses.dataclass
@@ -34,6 +39,9 @@ class TrainConfig:
     data_dir: str | None = None
     workdir: str = "runs/alexnet"
     preset: str = "paper"
+    lrn: str | None = "paper"        # "paper", "caffe" (imported bvlc_alexnet weights) or None
+    init_from: str | None = None     # fine-tune: a workdir or checkpoint to start from
+    train_layers: str = "all"        # "all", or the layers to train, e.g. "fc6,fc7,fc8"; the rest stay frozen
     batch_size: int = 128            # global, over all replicas
     epochs: float = 90
     steps: int | None = None         # overrides epochs
@@ -63,6 +71,14 @@ class TrainConfig:
     def preset_values(self):
         return PRESETS[self.preset]
 
+    @property
+    def trained_layers(self):
+        """The weight layers this run updates, in forward order."""
+        if self.train_layers == "all":
+            return WEIGHT_LAYERS
+        names = {n.strip() for n in self.train_layers.split(",")}
+        return tuple(n for n in WEIGHT_LAYERS if n in names)
+
     def check(self):
         """Raises ValueError naming the first bad field as `field=value: why`."""
         def bad(field, want):
@@ -72,6 +88,12 @@ class TrainConfig:
                                ("lr_schedule", SCHEDULES)):
             if getattr(self, field) not in choices:
                 bad(field, f"must be one of {', '.join(choices)}")
+        if self.lrn not in LRN_CHOICES:
+            bad("lrn", "must be paper, caffe or none")
+        if self.train_layers != "all":
+            unknown = sorted({n.strip() for n in self.train_layers.split(",")} - set(WEIGHT_LAYERS))
+            if unknown or not self.train_layers.strip():
+                bad("train_layers", f"must be 'all' or a comma-separated list of {', '.join(WEIGHT_LAYERS)}")
         if self.warmup_steps < 0:
             bad("warmup_steps", "must be >= 0")
         for field in ("batch_size", "log_every", "patience"):
@@ -113,9 +135,29 @@ EMBEDDED_RECIPE = {**PAPER_RECIPE, "epochs": 17, "eval_every": 40, "warmup_steps
                    "lr_schedule": "step", "step_epochs": 12}
 
 
-def recipe(dataset):
-    """The recipe's values of RECIPE_FIELDS for training on `dataset`."""
+# Fine-tuning (`init_from`): the features are trained already, so a tenth of the
+# paper's rate and a short schedule; measured on the embedded dataset
+# (BUILD_NOTES.md, "Fine-tuning").
+FINETUNE_RECIPE = {**PAPER_RECIPE, "lr": 0.001, "epochs": 10, "lr_schedule": "step", "step_epochs": 6,
+                   "warmup_steps": 0}
+
+
+def recipe(dataset, init_from=None):
+    """The recipe's values of RECIPE_FIELDS for training on `dataset` (fine-tuning with `init_from`)."""
+    if init_from:
+        return dict(FINETUNE_RECIPE)
     return dict(EMBEDDED_RECIPE if dataset == EMBEDDED_DATASET else PAPER_RECIPE)
+
+
+def recorded_config(path):
+    """The config.json of the workdir `path` names (a workdir, or a checkpoint in <workdir>/checkpoints),
+    or None where there is none."""
+    path = Path(path)
+    workdir = path if path.is_dir() else path.parent.parent
+    try:
+        return json.loads((workdir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def slug(name):
@@ -129,13 +171,22 @@ def default_workdir(dataset, preset):
 
 def make_config(**values):
     """A TrainConfig from `values`: a field given as None (or not at all) takes the recipe's value
-    for the dataset, then TrainConfig's default; the workdir defaults to runs/<dataset>-<preset>."""
+    for the dataset, then TrainConfig's default; the workdir defaults to runs/<dataset>-<preset>.
+    With `init_from`, the preset and the LRN variant default to those the weights were trained with."""
     given = {k: v for k, v in values.items() if v is not None}
     unknown = sorted(set(given) - set(TrainConfig.__dataclass_fields__))
     if unknown:
         raise TypeError(f"make_config: unknown field(s) {', '.join(unknown)}")
     dataset = given.get("dataset", EMBEDDED_DATASET)
-    merged = {**recipe(dataset), **given}
+    merged = {**recipe(dataset, given.get("init_from")), **given}
+    if given.get("init_from"):
+        # The model must be the one the weights were trained as: its preset and LRN variant.
+        source = recorded_config(given["init_from"]) or {}
+        for field in ("preset", "lrn"):
+            if field not in given and field in source:
+                merged[field] = source[field]
+    if merged.get("lrn") == "none":
+        merged["lrn"] = None
     merged.setdefault("workdir", default_workdir(dataset, merged.get("preset", TrainConfig.preset)))
     if merged.get("tower_devices") is not None:
         merged["tower_devices"] = tuple(merged["tower_devices"])

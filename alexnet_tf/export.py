@@ -24,9 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import layers, preprocessing
-from alexnet_tf.config import PRESETS
-from alexnet_tf.model import FEATURES_LAYER, build_alexnet
+from alexnet_tf import layers, preprocessing, workdir as workdir_lib
+from alexnet_tf.model import FEATURES_LAYER
 from alexnet_tf.placement import device_free
 
 TFLITE_KINDS = ("float32", "float16", "dynamic", "int8")
@@ -37,26 +36,11 @@ class ExportError(ValueError):
 
 
 def load_trained(workdir, checkpoint=None):
-    """(model, run config, class names) of a training workdir, restored from its latest checkpoint
-    or `checkpoint`. The model is built for inference: no tower pins, no dropout."""
-    workdir = Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.exists():
-        raise ExportError(f"workdir={workdir}: no config.json; is this an alexnet-train workdir?")
-    config = json.loads(config_path.read_text())
-    class_names = json.loads((workdir / "classes.json").read_text())
-    checkpoint = checkpoint or tf.train.latest_checkpoint(str(workdir / "checkpoints"))
-    if not checkpoint:
-        raise ExportError(f"workdir={workdir}: no checkpoint in {workdir / 'checkpoints'}")
-    preset = config.get("preset_values") or PRESETS[config["preset"]]
-    # Dropout is off at inference; without it the model also has no seed-generator
-    # state, a variable the TFLite converter cannot freeze.
-    model = build_alexnet(len(class_names), image_size=preset["image_size"], width=preset["width"], dropout=0.0)
+    """(model, run config, class names) of a workdir (`alexnet_tf.workdir.load_model`), errors as ExportError."""
     try:
-        tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
-    except (tf.errors.NotFoundError, ValueError, AssertionError) as e:
-        raise ExportError(f"checkpoint={checkpoint}: cannot be restored into this model ({e})") from None
-    return model, config, class_names
+        return workdir_lib.load_model(workdir, checkpoint)
+    except workdir_lib.WorkdirError as e:
+        raise ExportError(str(e)) from None
 
 
 class _Serving(tf.Module):
@@ -99,7 +83,7 @@ def next_version(export_dir):
 
 def export_savedmodel(model, class_names, config, export_dir, version=None):
     """Writes the SavedModel to `<export_dir>/<version>/` and returns that path."""
-    preset = config.get("preset_values") or PRESETS[config["preset"]]
+    preset = workdir_lib.preset_values(config)
     module = _Serving(model, class_names, config["statistics"]["mean"], preset["image_size"], preset["resize"])
     path = Path(export_dir) / str(version or next_version(export_dir))
     if path.exists():
@@ -190,7 +174,7 @@ def representative_images(config, count=100, seed=0):
     """`count` training images, preprocessed for evaluation (centre crop), as float32 arrays."""
     from alexnet_tf import data
 
-    preset = config.get("preset_values") or PRESETS[config["preset"]]
+    preset = workdir_lib.preset_values(config)
     source = data.load_dataset(config["dataset"], config.get("data_dir"), val_fraction=config.get("val_fraction", 0.05),
                                seed=config.get("seed", 0))
     ds = data.eval_pipeline(source.train.take(count), config["statistics"], batch_size=count,

@@ -208,3 +208,38 @@ class Dense(keras.layers.Dense):
         if self.bias is not None:
             x = keras.ops.add(x, self.bias)
         return self.activation(x) if self.activation is not None else x
+
+
+@keras.saving.register_keras_serializable(package="alexnet_tf")
+class CrossTowerLRN(LocalResponseNormalization):
+    """One tower's channels normalized as if both towers' channels were one layer: Caffe's LRN over all
+    96 (or 256) channels of a grouped layer, where the paper normalized each GPU's channels alone.
+
+    Called on [own tower's map, other tower's map]. `tower="a"`: the other
+    tower's channels follow this tower's; `"b"`: they precede. Only the n//2
+    channels next to the boundary can reach into a window, so only those are
+    taken from the other tower: the result equals the LRN of the concatenated
+    map, sliced to this tower's channels.
+    """
+
+    def __init__(self, tower="a", **kwargs):
+        super().__init__(**kwargs)
+        if tower not in ("a", "b"):
+            raise ValueError(f"CrossTowerLRN: tower must be 'a' or 'b', got tower={tower!r}")
+        self.tower = tower
+        self.input_spec = None  # two inputs
+
+    def call(self, inputs):
+        own, other = inputs
+        r, channels = self.n // 2, own.shape[-1]
+        if self.tower == "a":
+            x = tf.concat([own, other[..., :r]], axis=-1)
+            return super().call(x)[..., :channels]
+        x = tf.concat([other[..., -r:], own], axis=-1)
+        return super().call(x)[..., r:]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "tower": self.tower}

@@ -24,8 +24,21 @@ MIN_IMAGE_SIZE = 67
 TOWERS = ("a", "b")
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 FC_LAYERS = ("fc6", "fc7")
+WEIGHT_LAYERS = CONV_LAYERS + FC_LAYERS + ("fc8",)
 # The 4096-d fc7 activations of both towers (the paper's Figure 4 features).
 FEATURES_LAYER = "fc7_features"
+# Both towers' pool5, 6x6x256 at 227: where include_top=False ends.
+POOL5_LAYER = "merge6_a"
+# The normalization after conv1 and conv2 (`lrn=`):
+# - "paper": the paper's constants (k=2, n=5, alpha=1e-4, beta=0.75), each
+#   tower normalizing its own channels, as each GPU did;
+# - "caffe": Caffe's bvlc_alexnet (k=1, alpha 1e-4 over n=5, i.e. TensorFlow's
+#   alpha=2e-5), over all channels of the layer: the windows next to the towers'
+#   boundary see two channels of the other tower;
+# - None: no normalization layers.
+LRN_CONSTANTS = {"paper": dict(n=5, k=2.0, alpha=1e-4, beta=0.75),
+                 "caffe": dict(n=5, k=1.0, alpha=1e-4 / 5, beta=0.75)}
+LRN_CHOICES = ("paper", "caffe", None)
 
 
 def conv1_padding(image_size):
@@ -40,28 +53,86 @@ def conv1_padding(image_size):
     return (out - 1) * 4 + 11 - image_size
 
 
-def _check_args(num_classes, image_size, width, dropout, seed, name):
+def _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, name):
     def is_int(v):
         return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
 
     if not is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not is_int(image_size) or image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be an integer >= {MIN_IMAGE_SIZE} (smaller inputs vanish "
                          f"before pool5), got {image_size!r}; the paper uses 224 or 227")
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 16:
+    if not is_number(width) or not 0 < width <= 16:
         raise ValueError(f"width must be a number in (0, 16] scaling every layer's filters and units, "
                          f"got {width!r}; 1.0 is the paper's model")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if not is_number(dropout) or not 0 <= dropout < 1:
         raise ValueError(f"dropout must be a rate in [0, 1), got {dropout!r}; the paper uses 0.5")
     if seed is not None and not is_int(seed):
         raise ValueError(f"seed must be None or an integer, got {seed!r}")
+    if not is_number(init_std) or not init_std > 0:
+        raise ValueError(f"init_std must be a positive number, got {init_std!r}; the paper uses 0.01")
+    if lrn not in LRN_CHOICES:
+        raise ValueError(f"lrn must be one of 'paper', 'caffe' or None, got {lrn!r}")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
 
 
+class _Layers:
+    """Makes the model's layers: each named, initialized as the paper says, and placed on its tower's device."""
+
+    def __init__(self, devices, width, init_std, dropout, lrn, seed):
+        self.devices, self.width, self.init_std, self.dropout, self.lrn = devices, width, init_std, dropout, lrn
+        # One seed per initializer and dropout layer, all derived from `seed`.
+        self._seeds = itertools.count(seed) if seed is not None else None
+
+    def seed(self):
+        return next(self._seeds) if self._seeds is not None else None
+
+    def units(self, n):
+        return max(1, round(n * self.width))
+
+    def init(self, bias):
+        # Paper, Section 5: weights ~ N(0, 0.01^2); biases 1 in conv2, conv4,
+        # conv5 and the hidden FC layers (so their ReLUs start with positive
+        # input), 0 elsewhere.
+        return {"kernel_initializer": keras.initializers.RandomNormal(0.0, self.init_std, seed=self.seed()),
+                "bias_initializer": keras.initializers.Constant(bias)}
+
+    def conv(self, t, layer, x, filters, size, bias, strides=1, padding="same"):
+        return placement.Conv2D(self.units(filters), size, strides=strides, padding=padding, activation="relu",
+                                name=f"{layer}_{t}", device=self.devices[t], **self.init(bias))(x)
+
+    def norm(self, t, stage, towers):
+        """Tower t's normalized channels (Section 3.3), in the variant `lrn` names."""
+        if self.lrn is None:
+            return towers[t]
+        name, device, constants = f"norm{stage}_{t}", self.devices[t], LRN_CONSTANTS[self.lrn]
+        if self.lrn == "paper":
+            return placement.LocalResponseNormalization(**constants, name=name, device=device)(towers[t])
+        other = towers["b" if t == "a" else "a"]
+        return placement.CrossTowerLRN(tower=t, **constants, name=name, device=device)([towers[t], other])
+
+    def pool(self, t, stage, x):
+        # Overlapping pooling: 3x3 windows every 2 pixels (Section 3.4).
+        return placement.MaxPooling2D(3, strides=2, name=f"pool{stage}_{t}", device=self.devices[t])(x)
+
+    def merge(self, t, layer, towers):
+        """Both towers' outputs, a then b, gathered on tower t's device."""
+        return placement.Concatenate(axis=-1, name=f"{layer}_{t}", device=self.devices[t])(
+            [towers["a"], towers["b"]])
+
+    def fc(self, t, layer, x, n, bias):
+        x = placement.Dense(self.units(n), activation="relu", name=f"{layer}_{t}", device=self.devices[t],
+                            **self.init(bias))(x)
+        return placement.Dropout(self.dropout, seed=self.seed(), name=f"drop{layer[2:]}_{t}",
+                                 device=self.devices[t])(x)
+
+
 def build_alexnet(num_classes=1000, *, image_size=PAPER_IMAGE_SIZE, tower_devices=None, width=1.0,
-                  dropout=0.5, seed=None, init_std=0.01, name="alexnet"):
+                  dropout=0.5, seed=None, init_std=0.01, lrn="paper", name="alexnet"):
     """The paper's two-tower AlexNet as a Keras functional model returning logits.
 
     Args:
@@ -79,65 +150,32 @@ def build_alexnet(num_classes=1000, *, image_size=PAPER_IMAGE_SIZE, tower_device
       init_std: standard deviation of the Gaussian weight initialization; the
         paper's 0.01 by default. (A narrow model passes on less signal at the
         same std; the tiny training preset uses 0.01 / sqrt(width).)
+      lrn: "paper" (the default), "caffe" (the constants and cross-tower window
+        of Caffe's bvlc_alexnet, which imported weights need) or None; see
+        `LRN_CONSTANTS`.
       name: the model's name.
     """
-    _check_args(num_classes, image_size, width, dropout, seed, name)
-    if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not init_std > 0:
-        raise ValueError(f"init_std must be a positive number, got {init_std!r}; the paper uses 0.01")
+    _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, name)
     devices = dict(zip(TOWERS, placement.resolve_tower_devices(tower_devices)))
-    # One seed per initializer and dropout layer, all derived from `seed`.
-    seeds = itertools.count(seed) if seed is not None else None
-
-    def next_seed():
-        return next(seeds) if seeds is not None else None
-
-    def units(n):
-        return max(1, round(n * width))
-
-    # Paper, Section 5: weights ~ N(0, 0.01^2); biases 1 in conv2, conv4,
-    # conv5 and the hidden FC layers (so their ReLUs start with positive
-    # input), 0 elsewhere.
-    def init(bias):
-        return {"kernel_initializer": keras.initializers.RandomNormal(0.0, init_std, seed=next_seed()),
-                "bias_initializer": keras.initializers.Constant(bias)}
-
-    def conv(t, layer, x, filters, size, bias, strides=1, padding="same"):
-        return placement.Conv2D(units(filters), size, strides=strides, padding=padding, activation="relu",
-                                name=f"{layer}_{t}", device=devices[t], **init(bias))(x)
-
-    def lrn_pool(t, stage, x):
-        x = placement.LocalResponseNormalization(name=f"norm{stage}_{t}", device=devices[t])(x)
-        return pool(t, stage, x)
-
-    def pool(t, stage, x):
-        # Overlapping pooling: 3x3 windows every 2 pixels (Section 3.4).
-        return placement.MaxPooling2D(3, strides=2, name=f"pool{stage}_{t}", device=devices[t])(x)
-
-    def merge(t, layer, towers):
-        """Both towers' outputs, a then b, gathered on tower t's device."""
-        return placement.Concatenate(axis=-1, name=f"{layer}_{t}", device=devices[t])(
-            [towers["a"], towers["b"]])
-
-    def fc(t, layer, x, n, bias):
-        x = placement.Dense(units(n), activation="relu", name=f"{layer}_{t}", device=devices[t], **init(bias))(x)
-        return placement.Dropout(dropout, seed=next_seed(), name=f"drop{layer[2:]}_{t}", device=devices[t])(x)
+    make = _Layers(devices, width, init_std, dropout, lrn, seed)
 
     images = keras.Input((image_size, image_size, 3), name="images")
     x = images
     if pad := conv1_padding(image_size):
         x = keras.layers.ZeroPadding2D(((0, pad), (0, pad)), name="conv1_pad")(x)
-
-    h = {t: lrn_pool(t, 1, conv(t, "conv1", x, 48, 11, bias=0.0, strides=4, padding="valid")) for t in TOWERS}
-    h = {t: lrn_pool(t, 2, conv(t, "conv2", h[t], 128, 5, bias=1.0)) for t in TOWERS}
-    h = {t: conv(t, "conv3", merge(t, "merge3", h), 192, 3, bias=0.0) for t in TOWERS}
-    h = {t: conv(t, "conv4", h[t], 192, 3, bias=1.0) for t in TOWERS}
-    h = {t: pool(t, 5, conv(t, "conv5", h[t], 128, 3, bias=1.0)) for t in TOWERS}
+    h = {t: make.conv(t, "conv1", x, 48, 11, bias=0.0, strides=4, padding="valid") for t in TOWERS}
+    h = {t: make.pool(t, 1, make.norm(t, 1, h)) for t in TOWERS}
+    h = {t: make.conv(t, "conv2", h[t], 128, 5, bias=1.0) for t in TOWERS}
+    h = {t: make.pool(t, 2, make.norm(t, 2, h)) for t in TOWERS}
+    h = {t: make.conv(t, "conv3", make.merge(t, "merge3", h), 192, 3, bias=0.0) for t in TOWERS}
+    h = {t: make.conv(t, "conv4", h[t], 192, 3, bias=1.0) for t in TOWERS}
+    h = {t: make.pool(t, 5, make.conv(t, "conv5", h[t], 128, 3, bias=1.0)) for t in TOWERS}
     # fc6 sees both towers' pool5 as one 6x6x256 map, flattened row-major (NHWC).
-    h = {t: placement.Flatten(name=f"flatten6_{t}", device=devices[t])(merge(t, "merge6", h)) for t in TOWERS}
-    h = {t: fc(t, "fc6", h[t], 2048, bias=1.0) for t in TOWERS}
-    h = {t: fc(t, "fc7", merge(t, "merge7", h), 2048, bias=1.0) for t in TOWERS}
+    h = {t: placement.Flatten(name=f"flatten6_{t}", device=devices[t])(make.merge(t, "merge6", h)) for t in TOWERS}
+    h = {t: make.fc(t, "fc6", h[t], 2048, bias=1.0) for t in TOWERS}
+    h = {t: make.fc(t, "fc7", make.merge(t, "merge7", h), 2048, bias=1.0) for t in TOWERS}
     features = placement.Concatenate(axis=-1, name=FEATURES_LAYER, device=devices["a"])([h["a"], h["b"]])
-    logits = placement.Dense(num_classes, name="fc8", device=devices["a"], **init(0.0))(features)
+    logits = placement.Dense(num_classes, name="fc8", device=devices["a"], **make.init(0.0))(features)
     # Logits in float32 whatever the mixed-precision policy, so losses and
     # softmax downstream never run in half precision.
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)

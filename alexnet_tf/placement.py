@@ -136,6 +136,7 @@ Dropout = _placed(keras.layers.Dropout)
 Concatenate = _placed(keras.layers.Concatenate)
 Flatten = _placed(keras.layers.Flatten)
 LocalResponseNormalization = _placed(LocalResponseNormalization)
+CrossTowerLRN = _placed(layers.CrossTowerLRN)
 
 
 class _DeviceFree(keras.Model):

@@ -19,8 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import data, optim, steps, summaries
-from alexnet_tf.model import build_alexnet
+from alexnet_tf import config as config_lib, data, optim, steps, summaries, workdir as workdir_lib
+from alexnet_tf.model import build_alexnet, weight_layer_names
 
 
 class NonFiniteLoss(RuntimeError):
@@ -54,8 +54,13 @@ def build_state(config, num_classes, strategy):
     preset = config.preset_values
     with strategy.scope():
         model = build_alexnet(num_classes, image_size=preset["image_size"], width=preset["width"],
-                              init_std=preset["init_std"], dropout=config.dropout,
+                              init_std=preset["init_std"], dropout=config.dropout, lrn=config.lrn,
                               tower_devices=config.tower_devices, seed=config.seed)
+        for layer in model.layers:
+            # Frozen layers have no trainable variables, so no gradients, no momentum slots and no
+            # updates; tf.gradients then builds no backward pass below the lowest trained layer.
+            if layer.weights and layer.name.split("_")[0] not in config.trained_layers:
+                layer.trainable = False
         optimizer = optim.make_optimizer(model.trainable_variables, lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay, precision=config.mixed_precision)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -63,6 +68,27 @@ def build_state(config, num_classes, strategy):
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
                                          schedule=optim.checkpointed(schedule))
     return {"model": model, "optimizer": optimizer, "step": step, "schedule": schedule, "checkpoint": checkpoint}
+
+
+def initialize_from(model, init_from, log=print):
+    """Loads every weight layer of `model` from the workdir or checkpoint `init_from` (fine-tuning).
+    fc8 is left at the paper's initialization when the class counts differ; any other layer must match."""
+    source_dir, checkpoint = workdir_lib.resolve(init_from)
+    source, _, source_names = workdir_lib.load_model(source_dir, checkpoint)
+    loaded = []
+    for name in weight_layer_names():
+        values, layer = source.get_layer(name).get_weights(), model.get_layer(name)
+        if [v.shape for v in values] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(values)
+            loaded.append(name)
+        elif name != "fc8":
+            raise ValueError(f"init_from={init_from}: {name} has shapes {[v.shape for v in values]} there and "
+                             f"{[tuple(w.shape) for w in layer.weights]} here; fine-tune with the preset and lrn "
+                             f"it was trained with")
+    new = "fc8 initialized anew" if "fc8" not in loaded else "fc8 loaded too"
+    log(f"initialized from {checkpoint or source_dir}: loaded {', '.join(loaded)}; {new} "
+        f"({model.get_layer('fc8').units} classes, the source has {len(source_names)})")
+    return loaded
 
 
 def is_time(step, every, last_step):
@@ -197,7 +223,15 @@ def _train(config, log):
     if config.batch_size % replicas:
         raise ValueError(f"batch_size={config.batch_size} must divide evenly over {replicas} replicas")
 
+    recorded = config_lib.recorded_config(workdir) or {}
+    if "imported_from" in recorded:
+        raise ValueError(f"workdir={workdir}: holds weights imported by alexnet-import; fine-tune them into a new "
+                         f"workdir with --init_from={workdir}")
     source, stats = _load_data(config, log)
+    if config.init_from:
+        # The pretrained features expect the inputs they were trained on: that run's mean.
+        stats = {**stats, "mean": workdir_lib.read_config(workdir_lib.resolve(config.init_from)[0])[0]
+                 ["statistics"]["mean"]}
     steps_per_epoch = max(1, source.num_train // config.batch_size)
     total_steps = config.steps or max(1, int(round(config.epochs * steps_per_epoch)))
     eval_every = config.eval_every or steps_per_epoch
@@ -207,9 +241,11 @@ def _train(config, log):
     # collective), but into a scratch directory.
     ckpt_dir = workdir / "checkpoints" if chief else workdir / f"tmp_worker_{strategy.cluster_resolver.task_id}"
     manager = tf.train.CheckpointManager(state["checkpoint"], str(ckpt_dir), max_to_keep=3)
-    if manager.latest_checkpoint:
+    if manager.latest_checkpoint:  # resuming wins over init_from: never re-import over progress
         state["checkpoint"].restore(manager.latest_checkpoint).assert_existing_objects_matched()
         log(f"resumed from {manager.latest_checkpoint} at step {int(state['step'].numpy())}")
+    elif config.init_from:
+        initialize_from(state["model"], config.init_from, log)
     if chief:
         _write_run_files(workdir, config, source, stats, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                          replicas=replicas)

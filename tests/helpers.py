@@ -39,7 +39,9 @@ def cli(tool, *args, wait=True, timeout=300, env=None):
     """Runs `python -m tools.<tool> args` from the checkout, as a user would run alexnet-<tool>:
     a CompletedProcess, or with wait=False a running Popen."""
     command = [sys.executable, "-m", f"tools.{tool}", *map(str, args)]
-    env = env or subprocess_env()
+    if env is None:  # a user's environment: the tool decides how quiet TensorFlow is
+        env = subprocess_env()
+        env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     if wait:
         return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -218,3 +218,21 @@ def test_dense_takes_keras_path_for_other_ranks_and_round_trips():
     assert layer(x).shape == (2, 4, 3)  # rank 3: Keras' own matmul
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert isinstance(clone, layers.Dense) and clone.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("channels", [6, 48])
+def test_cross_tower_lrn_is_the_lrn_of_both_towers_channels(channels, implementation):
+    """Caffe's norm over all channels of a grouped layer, computed per tower: each tower's half of
+    tf.nn.local_response_normalization over the concatenated map."""
+    rng = np.random.default_rng(0)
+    a, b = (tf.constant(rng.uniform(0, 300, (2, 5, 5, channels)).astype(np.float32)) for _ in range(2))
+    want = tf.nn.local_response_normalization(tf.concat([a, b], -1), depth_radius=2, bias=1.0, alpha=2e-5,
+                                              beta=0.75).numpy()
+    constants = dict(n=5, k=1.0, alpha=2e-5, beta=0.75)
+    got_a = layers.CrossTowerLRN(tower="a", **constants)([a, b]).numpy()
+    got_b = layers.CrossTowerLRN(tower="b", **constants)([b, a]).numpy()
+    np.testing.assert_allclose(np.concatenate([got_a, got_b], -1), want, rtol=1e-5)
+    # The boundary channels really see the other tower: per-tower windows differ there.
+    alone = LocalResponseNormalization(**constants)(a).numpy()
+    assert np.abs(alone[..., -1] - got_a[..., -1]).max() > 1e-3 * np.abs(got_a).max()
+    np.testing.assert_allclose(alone[..., :-2], got_a[..., :-2], rtol=1e-5)

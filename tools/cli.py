@@ -5,8 +5,9 @@
 - Library chatter is off by default: TensorFlow's C++ start-up lines (oneDNN
   notices, CUDA probes, the cuInit error on machines without a GPU) and absl
   INFO lines of TFDS and the SavedModel writer. `--verbosity=0` (absl's own
-  flag; 1 and more for debug) brings them back, and so does setting
-  TF_CPP_MIN_LOG_LEVEL yourself. Warnings still show.
+  flag; 1 and more for debug) brings them all back. Without it, a
+  TF_CPP_MIN_LOG_LEVEL you set still governs TensorFlow's later C++ lines.
+  Warnings still show.
 - A library error whose message starts with `name=value` names the flag of the
   same name; `error` prints it as `--name=value`.
 """
@@ -49,9 +50,9 @@ def _import_tensorflow_quietly():
 
 def _quiet_unless_asked():
     """Hide TensorFlow's C++ log lines and absl INFO lines, unless --verbosity was given."""
-    if flags.FLAGS["verbosity"].present or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    if flags.FLAGS["verbosity"].present:
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     flags.FLAGS.verbosity = logging.WARNING  # absl would raise it to INFO after parsing
     logging.set_verbosity(logging.WARNING)
     _import_tensorflow_quietly()

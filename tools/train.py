@@ -4,9 +4,12 @@
     alexnet-train --dataset=imagenet2012 --workdir=runs/imagenet
     alexnet-train --dataset=folder:/data/flowers --preset=tiny --steps=500
 
+    alexnet-train --init_from=runs/bvlc --dataset=folder:/data/mine --train_layers=fc6,fc7,fc8
+
 Rerunning the same command resumes from the workdir's last checkpoint. Flags
-marked "recipe" default to the paper's value, or to the embedded dataset's
-recipe when training on it (alexnet_tf/config.py).
+marked "recipe" default to the paper's value, to the embedded dataset's recipe
+when training on it, or to the fine-tuning recipe with --init_from
+(alexnet_tf/config.py).
 """
 
 import sys
@@ -22,7 +25,7 @@ E = cfg.EMBEDDED_RECIPE
 
 
 def recipe(paper, embedded):
-    return f"(recipe; paper: {paper}, embedded dataset: {embedded})"
+    return f"(recipe; paper: {paper}, embedded dataset: {embedded}, see --init_from for fine-tuning)"
 
 
 flags.DEFINE_string("dataset", cfg.EMBEDDED_DATASET,
@@ -34,6 +37,17 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs, confi
                     "(default: runs/<dataset>-<preset>). Rerunning with the same workdir resumes.")
 flags.DEFINE_enum("preset", D.preset, list(cfg.PRESETS),
                   "Model size: 'paper' (227x227, full width) or 'tiny' (67x67, 1/8 width) for smoke runs.")
+flags.DEFINE_enum("lrn", None, ["paper", "caffe", "none"],
+                  "Local response normalization: 'paper' (the paper's constants, per tower), 'caffe' (Caffe's "
+                  "bvlc_alexnet: k=1, window across towers) or 'none' (default: paper; with --init_from, the "
+                  "source's).")
+flags.DEFINE_string("init_from", None, "Fine-tune: start from this workdir (alexnet-train or alexnet-import) or "
+                    "checkpoint. Every layer is loaded; fc8 is initialized anew when the class count differs. "
+                    "Only a fresh workdir is initialized: rerunning resumes. Uses the fine-tuning recipe "
+                    f"(lr {cfg.FINETUNE_RECIPE['lr']:g}, {cfg.FINETUNE_RECIPE['epochs']:g} epochs).")
+flags.DEFINE_string("train_layers", D.train_layers, "'all', or the layers to train, e.g. 'fc8' or "
+                    "'fc6,fc7,fc8'; the others are frozen (no updates, no momentum, no backward pass below the "
+                    f"lowest trained layer). Layers: {','.join(cfg.WEIGHT_LAYERS)}.")
 flags.DEFINE_integer("batch_size", None, "Global batch size over all replicas "
                      + recipe(D.batch_size, E["batch_size"]), lower_bound=1)
 flags.DEFINE_float("epochs", None, "Epochs to train " + recipe(f"{D.epochs:g}", f"{E['epochs']:g}"), lower_bound=0)

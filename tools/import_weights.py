@@ -1,0 +1,43 @@
+"""alexnet-import: Caffe's trained bvlc_alexnet into a workdir, from the ONNX model zoo or caffe-tensorflow.
+
+    alexnet-import --weights=bvlcalexnet-12.onnx --workdir=runs/bvlc_alexnet
+    alexnet-import --weights=bvlc_alexnet.npy --workdir=runs/bvlc_alexnet
+
+The workdir then works like a trained one: alexnet-export, alexnet-predict on
+the export, and alexnet-train --init_from=runs/bvlc_alexnet to fine-tune.
+A .npy file is a Python pickle: load only files from a source you trust (this
+reader refuses any pickle that holds more than numpy arrays).
+"""
+
+from absl import flags
+
+from tools import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("weights", None, "bvlcalexnet-*.onnx (ONNX model zoo) or bvlc_alexnet.npy (caffe-tensorflow).",
+                    required=True)
+flags.DEFINE_string("workdir", None, "A new (or empty) folder to write the imported model to.", required=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.error("alexnet-import", f"unexpected arguments: {' '.join(argv[1:])}")
+        return 2
+    from alexnet_tf import pretrained
+
+    try:
+        workdir = pretrained.import_weights(FLAGS.weights, FLAGS.workdir)
+    except pretrained.WeightsError as e:
+        cli.error("alexnet-import", e)
+        return 1
+    print(f"workdir: {workdir}")
+    print(f"next: alexnet-export --workdir={workdir}, or alexnet-train --init_from={workdir} --dataset=...")
+    return 0
+
+
+def run():
+    cli.run(main, "alexnet-import")
+
+
+if __name__ == "__main__":
+    run()
