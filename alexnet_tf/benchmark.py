@@ -21,6 +21,23 @@ def ceiling_fraction(images_per_s, ceiling_gflops):
     return images_per_s * TRAIN_FLOP_PER_IMAGE / 1e9 / ceiling_gflops
 
 
+def step_flops(layer_flops, trained_layers=None):
+    """Training FLOPs per image of a step that trains `trained_layers` (None: all), from the forward
+    FLOPs of each weight layer (`profiling.layer_flops` at batch 1): the whole forward pass, each trained
+    layer's weight gradient, and the input gradient of every weight layer above the lowest trained one
+    (conv1's input gradient is never needed)."""
+    from alexnet_tf.model import WEIGHT_LAYERS
+
+    trained = [layer for layer in WEIGHT_LAYERS if trained_layers is None or layer in trained_layers]
+    lowest = WEIGHT_LAYERS.index(trained[0])
+
+    def of(layer):
+        return sum(f for name, f in layer_flops.items() if name.split("_")[0] == layer)
+
+    return (sum(layer_flops.values()) + sum(of(layer) for layer in trained)
+            + sum(of(layer) for layer in WEIGHT_LAYERS[lowest + 1:]))
+
+
 def time_call(fn, *, warmup=2, repeats=5):
     """Seconds per call of `fn()`: median, min and max over `repeats` calls after `warmup`.
 
@@ -65,17 +82,20 @@ def paper_train_step(model, batch_size, *, precision="float32", jit=False):
 
 
 def train_step(batch_size, *, precision="float32", jit=False, warmup=2, repeats=5, seed=0, width=1.0,
-               image_size=227):
+               image_size=227, train_layers=None):
     """Images/s of the real training step (paper model unless `width`/`image_size` say otherwise)
     on one in-memory batch. Sets the global mixed-precision policy; resets it to float32 after."""
     import keras
     import tensorflow as tf
 
+    from alexnet_tf import optim
     from alexnet_tf.model import build_alexnet
 
     keras.mixed_precision.set_global_policy(precision)
     try:
         model = build_alexnet(1000, image_size=image_size, width=width, seed=seed)
+        if train_layers:  # fine-tuning: only these layers train
+            optim.freeze_except(model, train_layers)
         step = paper_train_step(model, batch_size, precision=precision, jit=jit)
         images = tf.random.uniform((batch_size, image_size, image_size, 3), -120, 120, seed=seed)
         labels = tf.random.uniform((batch_size,), 0, 1000, dtype=tf.int64, seed=seed)
@@ -83,7 +103,7 @@ def train_step(batch_size, *, precision="float32", jit=False, warmup=2, repeats=
     finally:
         keras.mixed_precision.set_global_policy("float32")
     result.update(images_per_s=batch_size / result["median_s"], batch_size=batch_size, precision=precision,
-                  jit=jit)
+                  jit=jit, train_layers=",".join(train_layers) if train_layers else "all")
     return result
 
 

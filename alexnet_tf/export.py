@@ -175,8 +175,12 @@ def representative_images(config, count=100, seed=0):
     from alexnet_tf import data
 
     preset = workdir_lib.preset_values(config)
-    source = data.load_dataset(config["dataset"], config.get("data_dir"), val_fraction=config.get("val_fraction", 0.05),
-                               seed=config.get("seed", 0))
+    try:
+        source = data.load_dataset(config["dataset"], config.get("data_dir"),
+                                   val_fraction=config.get("val_fraction", 0.05), seed=config.get("seed", 0))
+    except data.DatasetError as e:
+        raise ExportError(f"tflite=int8 calibrates on training images of the model's dataset, which cannot be "
+                          f"read here: {e}") from None
     ds = data.eval_pipeline(source.train.take(count), config["statistics"], batch_size=count,
                             crop=preset["image_size"], resize=preset["resize"])
     images = next(iter(ds))[0].numpy()

@@ -83,6 +83,17 @@ class PaperSGD(keras.optimizers.SGD):
         return {**super().get_config(), "l2_decay": self.l2_decay}
 
 
+def freeze_except(model, trained_layers):
+    """Freezes every weight layer of `model` whose name (before the tower's _a/_b) is not in
+    `trained_layers` ("conv1" ... "fc8"). Frozen layers have no trainable variables, hence no
+    gradients, no momentum slots and no updates, and `tf.gradients` builds no backward pass below
+    the lowest trained layer."""
+    for layer in model.layers:
+        if layer.weights and layer.name.split("_")[0] not in trained_layers:
+            layer.trainable = False
+    return model
+
+
 def make_optimizer(variables, *, lr=0.01, momentum=0.9, weight_decay=5e-4, precision="float32"):
     """The optimizer every training step here uses (the trainer's and the benchmark's), built for
     `variables`: `PaperSGD`, wrapped in dynamic loss scaling under mixed_float16."""

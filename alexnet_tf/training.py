@@ -56,11 +56,7 @@ def build_state(config, num_classes, strategy):
         model = build_alexnet(num_classes, image_size=preset["image_size"], width=preset["width"],
                               init_std=preset["init_std"], dropout=config.dropout, lrn=config.lrn,
                               tower_devices=config.tower_devices, seed=config.seed)
-        for layer in model.layers:
-            # Frozen layers have no trainable variables, so no gradients, no momentum slots and no
-            # updates; tf.gradients then builds no backward pass below the lowest trained layer.
-            if layer.weights and layer.name.split("_")[0] not in config.trained_layers:
-                layer.trainable = False
+        optim.freeze_except(model, config.trained_layers)
         optimizer = optim.make_optimizer(model.trainable_variables, lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay, precision=config.mixed_precision)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")

@@ -66,3 +66,16 @@ def test_check_targets_judges_each_target_from_the_measurements():
     # Only what was measured is judged.
     assert [t["target"] for t in check_targets({"memory": results["memory"]})] == \
         ["peak resident memory of training <= 3 GiB"]
+
+
+@pytest.mark.heavy
+def test_step_flops_of_the_full_step_and_of_fine_tuning():
+    flops = profiling.layer_flops(build_alexnet(1000), batch_size=1)
+    assert benchmark.step_flops(flops) == pytest.approx(benchmark.TRAIN_FLOP_PER_IMAGE, rel=0.01)
+    # fc6-fc8: the forward pass, the three layers' weight gradients, fc7's and fc8's input gradients.
+    fc = {layer: sum(f for n, f in flops.items() if n.startswith(layer)) for layer in ("fc6", "fc7", "fc8")}
+    assert benchmark.step_flops(flops, ("fc6", "fc7", "fc8")) == \
+        sum(flops.values()) + sum(fc.values()) + fc["fc7"] + fc["fc8"]
+    assert benchmark.step_flops(flops) / benchmark.step_flops(flops, ("fc6", "fc7", "fc8")) == \
+        pytest.approx(2.57, abs=0.01)
+    assert benchmark.step_flops(flops, ("fc8",)) == sum(flops.values()) + fc["fc8"]

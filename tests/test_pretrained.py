@@ -1,6 +1,7 @@
 """Importing Caffe's bvlc_alexnet from files of both real layouts, written here with random weights
 that carry signal through all eight layers, checked against onnxruntime running the same file."""
 
+import json
 import pickle
 import re
 
@@ -162,6 +163,13 @@ def test_exported_import_classifies_jpeg_bytes_like_the_keras_model(bvlc, tmp_pa
     assert served["top5_names"].numpy()[0, 0].decode() in open(bvlc["workdir"] / "classes.json").read()
     meta = (tmp_path / "export" / "1" / "assets" / "alexnet_tf.json").read_text()
     assert "122.67" in meta  # Caffe's mean, red first: the SavedModel takes RGB
+    # alexnet-predict on the export: each photo's top-5 ImageNet names.
+    (tmp_path / "photo.jpg").write_bytes(jpegs[0])
+    proc = cli("predict", f"--model={tmp_path}/export/1", "--json", tmp_path / "photo.jpg")
+    assert proc.returncode == 0, proc.stderr
+    top5 = json.loads(proc.stdout.splitlines()[-1])["top5"]
+    assert top5[0]["class"] == served["top5_names"].numpy()[0, 0].decode()
+    assert top5[0]["probability"] == pytest.approx(float(served["probabilities"].numpy()[0].max()), abs=1e-5)
 
 
 @pytest.mark.heavy
@@ -244,3 +252,24 @@ def test_import_never_writes_over_a_workdir(tmp_path):
     (tmp_path / "run" / "config.json").write_text("{}")
     with pytest.raises(pretrained.WeightsError, match=r"workdir=.*run: exists and is not empty"):
         pretrained.import_weights(tmp_path / "nothing.onnx", tmp_path / "run")
+
+
+@pytest.mark.heavy
+def test_fine_tune_the_import_on_a_folder_of_ones_own_images(bvlc, shapes_folder, tmp_path):
+    proc = cli("train", f"--init_from={bvlc['workdir']}", f"--dataset=folder:{shapes_folder}",
+               f"--data_dir={tmp_path}/data", f"--workdir={tmp_path}/ft", "--train_layers=fc8", "--batch_size=4",
+               "--steps=2", f"--export_dir={tmp_path}/export", timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert "fc8 initialized anew (10 classes, the source has 1000)" in proc.stdout
+    imported, _, _ = workdir_lib.load_model(bvlc["workdir"])
+    tuned, config, names = workdir_lib.load_model(tmp_path / "ft")
+    assert config["lrn"] == "caffe" and config["preset"] == "paper" and len(names) == 10
+    assert config["statistics"]["mean"] == pretrained.imagenet_statistics()["mean"]  # what the weights expect
+    for name in ("conv1_a", "conv5_b", "fc7_b"):
+        np.testing.assert_array_equal(imported.get_layer(name).get_weights()[0], tuned.get_layer(name).get_weights()[0])
+    assert tuned.get_layer("fc8").get_weights()[0].shape == (4096, 10)
+    assert (tmp_path / "export" / "1" / "saved_model.pb").exists()
+    # Training in the imported workdir itself would write over the import: refused.
+    proc = cli("train", f"--workdir={bvlc['workdir']}", f"--dataset=folder:{shapes_folder}", "--steps=1",
+               f"--data_dir={tmp_path}/data", timeout=300)
+    assert proc.returncode == 2 and "holds weights imported by alexnet-import" in proc.stderr

@@ -5,7 +5,8 @@
 
 Sections: forward (inference of the Keras model), matmul (the fp32 ceiling),
 train (train step at --train_batches, fp32), precision (mixed precision and
-XLA at batch 128), pipeline (input pipeline alone on ImageNet-like JPEGs),
+XLA at batch 128), finetune (steps that train fc6-fc8 or fc8 only, against
+the full step and their FLOP ratio), pipeline (input pipeline alone on ImageNet-like JPEGs),
 e2e (training that reads those JPEGs), inference (Keras, SavedModel, TFLite
 variants; needs a trained --workdir for the agreement figures), memory (peak
 resident memory of training at batch 128), profile (a TF profiler trace of the
@@ -28,7 +29,10 @@ from absl import flags
 
 from tools import cli
 
-SECTIONS = ("forward", "matmul", "train", "precision", "pipeline", "e2e", "inference", "memory", "profile")
+SECTIONS = ("forward", "matmul", "train", "precision", "finetune", "pipeline", "e2e", "inference", "memory",
+            "profile")
+# The fine-tuning steps timed by the finetune section (--train_layers of alexnet-train).
+FINETUNE_LAYERS = (("fc6", "fc7", "fc8"), ("fc8",))
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sections", list(SECTIONS), f"Which measurements to run, any of {','.join(SECTIONS)}.")
 flags.DEFINE_list("forward_batches", ["1", "128"], "Batch sizes for the forward-pass timing.")
@@ -103,6 +107,14 @@ def main(argv):
         results["precision"] = [bm.train_step(128, precision=p, jit=j, warmup=w, repeats=r)
                                 for p, j in (("mixed_bfloat16", False), ("mixed_float16", False),
                                              ("float32", True), ("mixed_bfloat16", True))]
+    if "finetune" in sections:
+        log("timing fine-tuning steps")
+        from alexnet_tf import profiling
+        flops = profiling.layer_flops(build_alexnet(1000), 1)
+        full = bm.train_step(128, warmup=w, repeats=r)
+        results["finetune"] = [{**bm.train_step(128, train_layers=layers, warmup=w, repeats=r),
+                                "flop_ratio": bm.step_flops(flops) / bm.step_flops(flops, layers),
+                                "full_images_per_s": full["images_per_s"]} for layers in FINETUNE_LAYERS]
     if "pipeline" in sections or "e2e" in sections:
         jpegs = tempfile.mkdtemp(prefix="alexnet_bench_jpegs_")
         log(f"writing {FLAGS.jpegs} ImageNet-like JPEGs to {jpegs}")
@@ -154,6 +166,10 @@ def print_table(results):
         elif fp32.get(r["batch_size"]):
             versus = f"{r['images_per_s'] / fp32[r['batch_size']]:.2f}x fp32"
         row(f"train step, {r['precision']}{' + XLA' if r['jit'] else ''}", r, versus)
+    for r in results.get("finetune", []):
+        speedup = r["images_per_s"] / r["full_images_per_s"]
+        row(f"fine-tune step, --train_layers={r['train_layers']}", r,
+            f"{speedup:.2f}x the full step ({speedup / r['flop_ratio']:.0%} of its {r['flop_ratio']:.2f}x FLOP ratio)")
     if "pipeline" in results:
         row("input pipeline alone (JPEG 500x375)", results["pipeline"])
     if "e2e" in results:
@@ -214,6 +230,12 @@ def check_targets(results):
         e2e = results["e2e"]["images_per_s"]
         add("training from JPEGs >= 90% of the in-memory rate", f"{e2e / fp32:.1%} ({e2e:.1f} images/s)",
             e2e / fp32 >= 0.9)
+    for r in results.get("finetune", []):
+        if r["train_layers"] == "fc6,fc7,fc8":
+            achieved = r["images_per_s"] / r["full_images_per_s"] / r["flop_ratio"]
+            add("fine-tuning fc6-fc8 >= 0.9 of its FLOP ratio to the full step",
+                f"{achieved:.0%} ({r['images_per_s']:.1f} vs {r['full_images_per_s']:.1f} images/s, "
+                f"FLOP ratio {r['flop_ratio']:.2f}x)", achieved >= 0.9)
     if "memory" in results:
         gib = results["memory"]["peak_rss_bytes"] / 2**30
         add("peak resident memory of training <= 3 GiB", f"{gib:.2f} GiB", gib <= 3)

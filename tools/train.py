@@ -35,8 +35,9 @@ flags.DEFINE_string("data_dir", None, "TFDS data directory (default: $TFDS_DATA_
                     "Dataset statistics are stored here too.")
 flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs, config.json and result.json go "
                     "(default: runs/<dataset>-<preset>). Rerunning with the same workdir resumes.")
-flags.DEFINE_enum("preset", D.preset, list(cfg.PRESETS),
-                  "Model size: 'paper' (227x227, full width) or 'tiny' (67x67, 1/8 width) for smoke runs.")
+flags.DEFINE_enum("preset", None, list(cfg.PRESETS),
+                  "Model size: 'paper' (227x227, full width) or 'tiny' (67x67, 1/8 width) for smoke runs "
+                  f"(default: {D.preset}; with --init_from, the source's).")
 flags.DEFINE_enum("lrn", None, ["paper", "caffe", "none"],
                   "Local response normalization: 'paper' (the paper's constants, per tower), 'caffe' (Caffe's "
                   "bvlc_alexnet: k=1, window across towers) or 'none' (default: paper; with --init_from, the "
