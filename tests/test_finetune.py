@@ -120,9 +120,10 @@ def test_fine_tuning_to_the_other_half_of_the_classes_learns(tmp_path):
     first, second = render_folder(tmp_path / "first", range(5), 40), render_folder(tmp_path / "second", range(5, 10), 40)
     common = dict(data_dir=str(tmp_path / "data"), preset="tiny", batch_size=16, val_fraction=0.2, log_every=25,
                   dropout=0.0)
-    training.train(cfg.make_config(dataset=f"folder:{first}", workdir=str(tmp_path / "source"), steps=150,
-                                   warmup_steps=50, lr=0.01, eval_every=150, **common), log=lambda *_: None)
-    result, _ = training.train(cfg.make_config(dataset=f"folder:{second}", workdir=str(tmp_path / "ft"), steps=30,
-                                               init_from=str(tmp_path / "source"), eval_every=30, **common),
+    training.train(cfg.make_config(dataset=f"folder:{first}", workdir=str(tmp_path / "source"), steps=300,
+                                   warmup_steps=50, lr=0.01, eval_every=300, **common), log=lambda *_: None)
+    result, _ = training.train(cfg.make_config(dataset=f"folder:{second}", workdir=str(tmp_path / "ft"), steps=60,
+                                               init_from=str(tmp_path / "source"), eval_every=60, **common),
                                log=lambda *_: None)
-    assert result["validation_accuracy"] > 0.4, result  # chance is 0.2
+    # Chance is 0.2. Seeds 0-2 measured 0.80, 0.95, 0.75 here (training from scratch: 0.23-0.40).
+    assert result["validation_accuracy"] > 0.5, result
