@@ -133,7 +133,12 @@ def test_onnx_import_agrees_with_onnxruntime_at_fc7_and_the_logits(bvlc):
 
 
 @pytest.mark.heavy
-def test_npy_import_equals_the_onnx_import(bvlc):
+def test_npy_import_equals_the_onnx_import(bvlc, tmp_path):
+    proc = cli("import_weights", f"--weights={bvlc['npy']}", f"--workdir={tmp_path}/from_npy", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    imported = {path: workdir_lib.load_model(path)[0] for path in (bvlc["workdir"], tmp_path / "from_npy")}
+    for a, b in zip(*(m.get_weights() for m in imported.values())):
+        np.testing.assert_array_equal(a, b)
     from_onnx, from_npy = pretrained.read_weights(bvlc["onnx"]), pretrained.read_weights(bvlc["npy"])
     assert set(from_npy) == set(from_onnx) == set(pretrained.CAFFE_SHAPES)
     for layer in from_onnx:
