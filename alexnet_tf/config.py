@@ -160,6 +160,30 @@ def recorded_config(path):
         return None
 
 
+# What may change when a run resumes: how long it runs, how it reports and evaluates, where things
+# are, and how it is placed. Everything else shapes the model, the data or the optimizer state.
+RESUMABLE_CHANGES = ("steps", "epochs", "log_every", "eval_every", "ckpt_every", "max_eval_images", "ten_crop",
+                     "data_dir", "workdir", "strategy", "tower_devices", "jit", "deterministic", "init_from")
+
+
+def resume_conflicts(config, recorded):
+    """[(field, recorded value, new value)] for each setting of `config` that differs from a workdir's
+    recorded config.json and may not change on resume. A field the record lacks (written by an older
+    version) counts as its default."""
+    def plain(value):  # as config.json holds it: tuples as lists
+        return json.loads(json.dumps(value, default=str))
+
+    conflicts = []
+    for field in TrainConfig.__dataclass_fields__:
+        if field in RESUMABLE_CHANGES:
+            continue
+        old = recorded.get(field, TrainConfig.__dataclass_fields__[field].default)
+        new = getattr(config, field)
+        if plain(old) != plain(new):
+            conflicts.append((field, old, new))
+    return conflicts
+
+
 def slug(name):
     """A dataset name as a folder name: 'folder:/data/x' -> 'folder_data_x'."""
     return "".join(c if c.isalnum() or c in "-." else "_" for c in name).strip("_").replace("__", "_")

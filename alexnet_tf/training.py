@@ -9,6 +9,7 @@ Nothing here reads flags; `tools/train.py` turns flags into a `TrainConfig`
 (`alexnet_tf.config`).
 """
 
+import contextlib
 import dataclasses
 import json
 import signal
@@ -20,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import config as config_lib, data, optim, steps, summaries, workdir as workdir_lib
-from alexnet_tf.model import build_alexnet, weight_layer_names
+from alexnet_tf.model import build_alexnet
 
 
 class NonFiniteLoss(RuntimeError):
@@ -28,7 +29,7 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Preempted(SystemExit):
-    """SIGTERM arrived; a checkpoint was written before exiting."""
+    """SIGTERM or SIGINT arrived; a checkpoint was written before exiting (status 128 + the signal)."""
 
 
 def make_strategy(name):
@@ -64,27 +65,6 @@ def build_state(config, num_classes, strategy):
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
                                          schedule=optim.checkpointed(schedule))
     return {"model": model, "optimizer": optimizer, "step": step, "schedule": schedule, "checkpoint": checkpoint}
-
-
-def initialize_from(model, init_from, log=print):
-    """Loads every weight layer of `model` from the workdir or checkpoint `init_from` (fine-tuning).
-    fc8 is left at the paper's initialization when the class counts differ; any other layer must match."""
-    source_dir, checkpoint = workdir_lib.resolve(init_from)
-    source, _, source_names = workdir_lib.load_model(source_dir, checkpoint)
-    loaded = []
-    for name in weight_layer_names():
-        values, layer = source.get_layer(name).get_weights(), model.get_layer(name)
-        if [v.shape for v in values] == [tuple(w.shape) for w in layer.weights]:
-            layer.set_weights(values)
-            loaded.append(name)
-        elif name != "fc8":
-            raise ValueError(f"init_from={init_from}: {name} has shapes {[v.shape for v in values]} there and "
-                             f"{[tuple(w.shape) for w in layer.weights]} here; fine-tune with the preset and lrn "
-                             f"it was trained with")
-    new = "fc8 initialized anew" if "fc8" not in loaded else "fc8 loaded too"
-    log(f"initialized from {checkpoint or source_dir}: loaded {', '.join(loaded)}; {new} "
-        f"({model.get_layer('fc8').units} classes, the source has {len(source_names)})")
-    return loaded
 
 
 def is_time(step, every, last_step):
@@ -185,11 +165,18 @@ def train(config, log=print):
     policy is set for the run and restored when it returns.
     """
     config.check()
+    workdir = Path(config.workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"workdir={workdir}: is a file, not a folder")
     previous_policy = keras.mixed_precision.global_policy()
     # The policy must be set before the model exists.
     keras.mixed_precision.set_global_policy(config.mixed_precision)
     try:
-        return _train(config, log)
+        strategy = make_strategy(config.strategy)
+        chief = _is_chief(strategy)
+        # One trainer per workdir: the chief holds the lock (multi-worker runs share the workdir).
+        with workdir_lib.WorkdirLock(workdir) if chief else contextlib.nullcontext():
+            return _train(config, strategy, chief, log)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -212,14 +199,17 @@ class _Run:
     log: object
 
 
-def _train(config, log):
+def _train(config, strategy, chief, log):
     workdir = Path(config.workdir)
-    strategy = make_strategy(config.strategy)
-    chief, replicas = _is_chief(strategy), strategy.num_replicas_in_sync
+    replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"batch_size={config.batch_size} must divide evenly over {replicas} replicas")
 
     recorded = config_lib.recorded_config(workdir) or {}
+    # Non-chief workers of a multi-worker run must save too (the save is a
+    # collective), but into a scratch directory.
+    ckpt_dir = workdir / "checkpoints" if chief else workdir / f"tmp_worker_{strategy.cluster_resolver.task_id}"
+    workdir_lib.check_resume(config, ckpt_dir, recorded)
     if "imported_from" in recorded:
         raise ValueError(f"workdir={workdir}: holds weights imported by alexnet-import; fine-tune them into a new "
                          f"workdir with --init_from={workdir}")
@@ -233,15 +223,15 @@ def _train(config, log):
     eval_every = config.eval_every or steps_per_epoch
 
     state = build_state(config, source.num_classes, strategy)
-    # Non-chief workers of a multi-worker run must save too (the save is a
-    # collective), but into a scratch directory.
-    ckpt_dir = workdir / "checkpoints" if chief else workdir / f"tmp_worker_{strategy.cluster_resolver.task_id}"
-    manager = tf.train.CheckpointManager(state["checkpoint"], str(ckpt_dir), max_to_keep=3)
-    if manager.latest_checkpoint:  # resuming wins over init_from: never re-import over progress
-        state["checkpoint"].restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log(f"resumed from {manager.latest_checkpoint} at step {int(state['step'].numpy())}")
+    if chief:
+        workdir_lib.remove_partial_saves(ckpt_dir, log)
+    # Resuming wins over init_from: never re-import over progress. The newest checkpoint that
+    # restores completely is taken; corrupt ones are set aside, each said in one line.
+    if resumed := workdir_lib.restore_newest(state["checkpoint"], ckpt_dir, log, set_aside=chief):
+        log(f"resumed from {resumed} at step {int(state['step'].numpy())}")
     elif config.init_from:
-        initialize_from(state["model"], config.init_from, log)
+        workdir_lib.initialize_from(state["model"], config.init_from, log)
+    manager = tf.train.CheckpointManager(state["checkpoint"], str(ckpt_dir), max_to_keep=3)
     if chief:
         _write_run_files(workdir, config, source, stats, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                          replicas=replicas)
@@ -255,13 +245,15 @@ def _train(config, log):
                                    min(source.num_validation, config.max_eval_images or source.num_validation)),
                writers=summaries.writers(workdir, chief), steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                eval_every=eval_every, ckpt_every=config.ckpt_every or eval_every, chief=chief, log=log)
-    # SIGTERM (preemption): finish the current step, checkpoint, exit.
+    # SIGTERM (preemption) and SIGINT (Ctrl-C): finish the current step, checkpoint, exit.
     preempted = []
-    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: preempted.append(signum))
+    handlers = {sig: signal.signal(sig, lambda signum, frame: preempted.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         last_eval = _loop(run, start, preempted)
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         if not chief and ckpt_dir.exists():
             tf.io.gfile.rmtree(str(ckpt_dir))
 
@@ -326,6 +318,7 @@ def _loop(run, start, preempted):
                 window.read(run.manager.latest_checkpoint)  # never save a state that went NaN
             run.manager.save(checkpoint_number=s)
         if preempted:
-            run.log(f"\nSIGTERM: checkpoint written at step {s} ({run.manager.latest_checkpoint}); exiting")
-            raise Preempted(143)
+            run.log(f"\n{signal.Signals(preempted[0]).name}: checkpoint written at step {s} "
+                    f"({run.manager.latest_checkpoint}); exiting")
+            raise Preempted(128 + preempted[0])
     return last_eval

@@ -174,7 +174,8 @@ def test_exported_import_classifies_jpeg_bytes_like_the_keras_model(bvlc, tmp_pa
     assert proc.returncode == 0, proc.stderr
     top5 = json.loads(proc.stdout.splitlines()[-1])["top5"]
     assert top5[0]["class"] == served["top5_names"].numpy()[0, 0].decode()
-    assert top5[0]["probability"] == pytest.approx(float(served["probabilities"].numpy()[0].max()), abs=1e-5)
+    # Its preprocessing runs eagerly, then the `preprocessed` signature: float32 rounding apart (measured 2e-5).
+    assert top5[0]["probability"] == pytest.approx(float(served["probabilities"].numpy()[0].max()), abs=2e-4)
 
 
 @pytest.mark.heavy

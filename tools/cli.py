@@ -77,4 +77,12 @@ def run(main, name):
         _quiet_unless_asked()
         return rest
 
-    app.run(main, flags_parser=parse_flags)
+    def main_without_traceback(argv):
+        try:
+            return main(argv)
+        except KeyboardInterrupt:  # Ctrl-C outside the training loop (which checkpoints and exits itself)
+            sys.stdout.write("\n")
+            print(f"{name}: interrupted", file=sys.stderr)
+            return 130
+
+    app.run(main_without_traceback, flags_parser=parse_flags)
