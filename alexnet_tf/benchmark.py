@@ -257,9 +257,7 @@ def inference_models(workdir, *, repeats=5, warmup=2, log=print):
         for kind in export.TFLITE_KINDS:
             log(f"converting TFLite {kind}")
             path = os.path.join(tmp, f"alexnet_{kind}.tflite")
-            with open(path, "wb") as f:
-                f.write(export.export_tflite(model, kind, representative_images=calibration))
-            export.write_tflite_metadata(path, saved)
+            export.write_tflite(export.export_tflite(model, kind, representative_images=calibration), path, saved)
             sizes[f"tflite_{kind}"] = os.path.getsize(path)
             runners[f"tflite_{kind}"] = predict.Classifier(path).probabilities
         for name, run in runners.items():

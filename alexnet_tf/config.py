@@ -66,6 +66,7 @@ class TrainConfig:
     deterministic: bool = False      # reproducible input order (slower)
     val_fraction: float = 0.05       # for datasets without a validation split
     max_eval_images: int | None = None
+    max_pixels: int = 89_478_485     # larger images are refused unread (data.MAX_PIXELS)
 
     @property
     def preset_values(self):
@@ -99,7 +100,7 @@ class TrainConfig:
         for field in ("batch_size", "log_every", "patience"):
             if getattr(self, field) < 1:
                 bad(field, "must be >= 1")
-        for field in ("steps", "eval_every", "ckpt_every", "max_eval_images"):
+        for field in ("steps", "eval_every", "ckpt_every", "max_eval_images", "max_pixels"):
             if getattr(self, field) is not None and getattr(self, field) < 1:
                 bad(field, "must be >= 1")
         for field in ("epochs", "lr", "step_epochs"):
@@ -113,6 +114,10 @@ class TrainConfig:
             bad("dropout", "must be in [0, 1)")
         if self.max_drops < 0:
             bad("max_drops", "must be >= 0")
+        for field in ("workdir", "data_dir"):
+            path = getattr(self, field)
+            if path and Path(path).exists() and not Path(path).is_dir():
+                raise ValueError(f"{field}={path}: is a file, not a folder")
         if self.tower_devices is not None and len(self.tower_devices) != 2:
             bad("tower_devices", "needs two devices (tower a, tower b)")
         if self.tower_devices is not None and self.strategy != "default":
@@ -163,7 +168,8 @@ def recorded_config(path):
 # What may change when a run resumes: how long it runs, how it reports and evaluates, where things
 # are, and how it is placed. Everything else shapes the model, the data or the optimizer state.
 RESUMABLE_CHANGES = ("steps", "epochs", "log_every", "eval_every", "ckpt_every", "max_eval_images", "ten_crop",
-                     "data_dir", "workdir", "strategy", "tower_devices", "jit", "deterministic", "init_from")
+                     "data_dir", "workdir", "strategy", "tower_devices", "jit", "deterministic", "init_from",
+                     "max_pixels")
 
 
 def resume_conflicts(config, recorded):

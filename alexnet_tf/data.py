@@ -30,6 +30,9 @@ from alexnet_tf import preprocessing
 from alexnet_tf.config import EMBEDDED_DATASET
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif")
+# Images with more pixels are refused before they are decoded: a 1 MB PNG can hold 20000x20000 pixels
+# (1.6 GB decoded). Pillow's own decompression-bomb threshold; ImageNet's largest images are ~20 MP.
+MAX_PIXELS = 89_478_485
 
 # ImageNet's published RGB statistics (0..255 scale), used for imagenet2012
 # unless computed ones are stored: the per-channel mean, and the eigenvalues
@@ -84,13 +87,13 @@ def _is_imagenet(name):
     return name.split("/")[0].split(":")[0] in ("imagenet2012", "imagenet2012_subset")
 
 
-def load_dataset(name, data_dir=None, *, val_fraction=0.05, seed=0, download=True):
+def load_dataset(name, data_dir=None, *, val_fraction=0.05, seed=0, download=True, max_pixels=MAX_PIXELS):
     """The dataset called `name` (see the module docstring) as a `Source`."""
     if not isinstance(name, str) or not name:
         raise DatasetError(f"dataset must be a name such as '{EMBEDDED_DATASET}', 'imagenet2012' or "
                            f"'folder:PATH', got {name!r}")
     if name.startswith("folder:"):
-        return load_folder(name[len("folder:"):], val_fraction=val_fraction, seed=seed)
+        return load_folder(name[len("folder:"):], val_fraction=val_fraction, seed=seed, max_pixels=max_pixels)
     return load_tfds(name, data_dir, val_fraction=val_fraction, download=download)
 
 
@@ -141,8 +144,22 @@ def load_tfds(name, data_dir=None, *, val_fraction=0.05, download=True):
 # Folder datasets and bad files
 # ----------------------------------------------------------------------------
 
-def check_image(path):
-    """(ok, note) for one file: decodes it fully, as training will.
+def image_size(path):
+    """(width, height) from the file's header, without decoding its pixels (Pillow reads headers
+    lazily); None when Pillow does not recognise the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # Pillow would raise on large sizes; the caller applies max_pixels itself
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def check_image(path, max_pixels=MAX_PIXELS):
+    """(ok, note) for one file: decodes it fully, as training will, unless its header says it has
+    more than `max_pixels` pixels.
 
     note is None for an ordinary RGB image, says what conversion the pipeline
     applies to a usable odd one (grayscale, CMYK, a PNG named .JPEG), or why
@@ -154,6 +171,10 @@ def check_image(path):
         return False, f"unreadable ({e.strerror})"
     if not data:
         return False, "empty file (0 bytes)"
+    size = image_size(path)
+    if size and size[0] * size[1] > max_pixels:
+        return False, (f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels exceeds the limit of {max_pixels:,} "
+                       f"(--max_pixels); not decoded")
     try:
         image = tf.io.decode_image(data, channels=0, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
@@ -190,11 +211,11 @@ def _class_files(root):
             for c in classes}
 
 
-def scan_files(files, workers=8):
+def scan_files(files, workers=8, max_pixels=MAX_PIXELS):
     """Checks every file; returns (usable [(path, label)], skipped [(path, why)], converted [(path, what)])."""
     usable, skipped, converted = [], [], []
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for (path, label), (ok, note) in zip(files, pool.map(lambda f: check_image(f[0]), files)):
+        for (path, label), (ok, note) in zip(files, pool.map(lambda f: check_image(f[0], max_pixels), files)):
             if not ok:
                 skipped.append((path, note))
                 continue
@@ -204,7 +225,7 @@ def scan_files(files, workers=8):
     return usable, skipped, converted
 
 
-def load_folder(path, *, val_fraction=0.05, seed=0):
+def load_folder(path, *, val_fraction=0.05, seed=0, max_pixels=MAX_PIXELS):
     root = Path(path).expanduser()
     if (root / "train").is_dir():
         train_classes = _class_files(root / "train")
@@ -229,11 +250,17 @@ def load_folder(path, *, val_fraction=0.05, seed=0):
             n_val = max(1, int(round(val_fraction * len(files)))) if len(files) > 1 else 0
             val += [(f, label) for f in files[:n_val]]
             train += [(f, label) for f in files[n_val:]]
-    train, skipped_t, converted_t = scan_files(train)
-    val, skipped_v, converted_v = scan_files(val)
+    if len(names) < 2:
+        raise DatasetError(f"folder dataset {str(root)!r} has one class ({names[0]}); classification needs at "
+                           f"least two class folders")
+    train, skipped_t, converted_t = scan_files(train, max_pixels=max_pixels)
+    val, skipped_v, converted_v = scan_files(val, max_pixels=max_pixels)
     if not train:
         raise DatasetError(f"folder dataset {str(root)!r} has no usable training images "
                            f"({len(skipped_t)} files skipped)")
+    if not val:
+        raise DatasetError(f"folder dataset {str(root)!r} has no usable validation images: hold-out needs at "
+                           f"least 2 images in a class (one goes to validation), or put them under val/")
 
     def pairs(items):
         paths = [p for p, _ in items]

@@ -18,6 +18,7 @@ Its signatures (fixed dtypes, any batch size):
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import keras
@@ -91,13 +92,36 @@ def export_savedmodel(model, class_names, config, export_dir, version=None):
     signatures = {"serving_default": module.serving_default, "preprocessed": module.preprocessed,
                   "features": module.features}
     tmp = path.with_name(path.name + ".partial")
-    tf.saved_model.save(module, str(tmp), signatures=signatures)
-    (tmp / "assets").mkdir(exist_ok=True)
-    (tmp / "assets" / "classes.txt").write_text("\n".join(class_names) + "\n")
-    (tmp / "assets" / "alexnet_tf.json").write_text(json.dumps(
-        {"image_size": preset["image_size"], "resize": preset["resize"], "mean": config["statistics"]["mean"],
-         "num_classes": len(class_names)}, indent=2))
+    try:
+        tf.saved_model.save(module, str(tmp), signatures=signatures)
+        (tmp / "assets").mkdir(exist_ok=True)
+        (tmp / "assets" / "classes.txt").write_text("\n".join(class_names) + "\n")
+        (tmp / "assets" / "alexnet_tf.json").write_text(json.dumps(
+            {"image_size": preset["image_size"], "resize": preset["resize"], "mean": config["statistics"]["mean"],
+             "num_classes": len(class_names)}, indent=2))
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind
+        if workdir_lib.no_space(e):
+            raise ExportError(f"no space left on device while writing {tmp}") from None
+        raise
     tmp.rename(path)  # a half-written export never looks like a version
+    return path
+
+
+def write_tflite(flatbuffer, path, savedmodel_path):
+    """Writes a .tflite and its .json sidecar, each under a temporary name renamed when complete, so a
+    truncated file never looks like a model."""
+    path = Path(path)
+    for target, content in ((path, flatbuffer), (Path(str(path) + ".json"), _tflite_metadata(savedmodel_path))):
+        tmp = target.with_name(target.name + ".partial")
+        try:
+            tmp.write_bytes(content)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)
+            if workdir_lib.no_space(e):
+                raise ExportError(f"no space left on device while writing {target}") from None
+            raise
+        tmp.replace(target)
     return path
 
 
@@ -187,9 +211,9 @@ def representative_images(config, count=100, seed=0):
     return [np.asarray(x, np.float32) for x in images]
 
 
-def write_tflite_metadata(tflite_path, savedmodel_path):
-    """`<file>.tflite.json` beside a .tflite: what `alexnet-predict` needs to preprocess and name classes."""
+def _tflite_metadata(savedmodel_path):
+    """The `<file>.tflite.json` sidecar's bytes: what `alexnet-predict` needs to preprocess and name classes."""
     assets = Path(savedmodel_path) / "assets"
     meta = json.loads((assets / "alexnet_tf.json").read_text())
     meta["class_names"] = (assets / "classes.txt").read_text().splitlines()
-    Path(str(tflite_path) + ".json").write_text(json.dumps(meta))
+    return json.dumps(meta).encode()

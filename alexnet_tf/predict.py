@@ -20,26 +20,33 @@ class Classifier:
 
     def __init__(self, path):
         path = Path(path)
+        self._saved = self._interpreter = None
         if path.is_dir():
             if not (path / "saved_model.pb").exists():
                 raise PredictError(f"model={path}: not a SavedModel directory (no saved_model.pb)")
-            meta = json.loads((path / "assets" / "alexnet_tf.json").read_text())
-            self.class_names = (path / "assets" / "classes.txt").read_text().splitlines()
-            self._saved = tf.saved_model.load(str(path))
-            self._interpreter = None
+            meta = _metadata(path, path / "assets" / "alexnet_tf.json")
+            self.class_names = _read(path, path / "assets" / "classes.txt").splitlines()
+            try:
+                self._saved = tf.saved_model.load(str(path))
+            except Exception as e:  # noqa: BLE001  truncated variables, a foreign graph, ...: TF raises many types
+                raise PredictError(f"model={path}: the SavedModel cannot be loaded ({_first_line(e)})") from None
+            if not {"preprocessed", "features"} <= set(self._saved.signatures):
+                raise PredictError(f"model={path}: not a SavedModel written by alexnet-export (it has no "
+                                   f"'preprocessed' and 'features' signatures)")
         elif path.suffix == ".tflite" and path.is_file():
-            sidecar = Path(str(path) + ".json")
-            if not sidecar.exists():
-                raise PredictError(f"model={path}: missing {sidecar.name} (written by alexnet-export)")
-            meta = json.loads(sidecar.read_text())
-            self.class_names = meta["class_names"]
+            meta = _metadata(path, Path(str(path) + ".json"))
+            self.class_names = meta.get("class_names")
             from ai_edge_litert.interpreter import Interpreter
-            # TFLite's default is one thread; the SavedModel uses every core.
-            self._interpreter = Interpreter(model_path=str(path), num_threads=len(os.sched_getaffinity(0)))
-            self._interpreter.allocate_tensors()
-            self._saved = None
+            try:
+                # TFLite's default is one thread; the SavedModel uses every core.
+                self._interpreter = Interpreter(model_path=str(path), num_threads=len(os.sched_getaffinity(0)))
+                self._interpreter.allocate_tensors()
+            except (ValueError, RuntimeError) as e:
+                raise PredictError(f"model={path}: not a readable TFLite model ({_first_line(e)})") from None
         else:
             raise PredictError(f"model={path}: no such SavedModel directory or .tflite file")
+        if not isinstance(self.class_names, list) or not self.class_names:
+            raise PredictError(f"model={path}: its metadata names no classes")
         self.image_size, self.resize, self.mean = meta["image_size"], meta["resize"], meta["mean"]
 
     @property
@@ -70,6 +77,32 @@ class Classifier:
         return self._saved.signatures["features"](images=tf.constant(np.asarray(images, np.float32)))["fc7"].numpy()
 
 
+def _first_line(error):
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    return text.strip().splitlines()[0][:200]
+
+
+def _read(model, path):
+    try:
+        return path.read_text()
+    except OSError:
+        raise PredictError(f"model={model}: missing {path.relative_to(model) if path.is_relative_to(model) else path} "
+                           f"(not written by alexnet-export, or incomplete)") from None
+
+
+def _metadata(model, path):
+    """The preprocessing constants alexnet-export writes beside a model (assets/alexnet_tf.json or the
+    .tflite's .json sidecar)."""
+    try:
+        meta = json.loads(_read(model, path))
+    except ValueError as e:
+        raise PredictError(f"model={model}: {path.name} is not valid JSON ({e})") from None
+    missing = [k for k in ("image_size", "resize", "mean") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise PredictError(f"model={model}: {path.name} lacks {', '.join(missing)} (not written by alexnet-export)")
+    return meta
+
+
 def list_images(paths):
     """Files named on the command line, and the image files inside named folders, in order."""
     found = []
@@ -81,11 +114,11 @@ def list_images(paths):
     return found
 
 
-def load_images(classifier, paths, ten_crop=False, on_error=print):
+def load_images(classifier, paths, ten_crop=False, on_error=print, max_pixels=data.MAX_PIXELS):
     """[(path, preprocessed array)] for the readable images; each failure reported by name via on_error."""
     good = []
     for path in paths:
-        ok, note = data.check_image(path)
+        ok, note = data.check_image(path, max_pixels)
         if not ok:
             on_error(f"{path}: {note}")
             continue
@@ -111,10 +144,12 @@ def classify(classifier, items, batch_size=32, ten_crop=False):
 
 
 def features(classifier, items, batch_size=32):
-    """[N, 4096] fc7 features of preprocessed (centre-crop) items."""
+    """[N, D] fc7 features of preprocessed (centre-crop) items (D = 4096 for the paper model)."""
     out = [classifier.features(np.stack([a for _, a in items[i:i + batch_size]]))
            for i in range(0, len(items), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 4096), np.float32)
+    if out:
+        return np.concatenate(out)
+    return classifier.features(np.zeros((1, classifier.image_size, classifier.image_size, 3), np.float32))[:0]
 
 
 def nearest(query_features, gallery_features, k):
@@ -128,7 +163,11 @@ def nearest(query_features, gallery_features, k):
 def search_gallery(classifier, query_paths, query_features, gallery, k, batch_size=32, on_error=print):
     """[(query path, [(gallery file, distance)] * k)]: each query's k nearest images of the `gallery`
     folder by fc7 distance (the paper's Figure 4)."""
+    if not Path(gallery).is_dir():
+        raise PredictError(f"gallery={gallery}: no such folder")
     items = load_images(classifier, list_images([gallery]), on_error=on_error)
+    if not items:
+        raise PredictError(f"gallery={gallery}: no usable images found under it")
     order, dist = nearest(query_features, features(classifier, items, batch_size), k)
     return [(path, [(str(items[i][0]), float(x)) for i, x in zip(idx, d)])
             for path, idx, d in zip(query_paths, order, dist)]

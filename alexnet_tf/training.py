@@ -104,7 +104,8 @@ class _Window:
 
 def _load_data(config, log):
     """The dataset as a `data.Source`, with its statistics; skipped and converted files reported."""
-    source = data.load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction, seed=config.seed)
+    source = data.load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction, seed=config.seed,
+                               max_pixels=config.max_pixels)
     for path, why in source.skipped:
         log(f"skipped {path}: {why}")
     if source.skipped:
@@ -166,8 +167,6 @@ def train(config, log=print):
     """
     config.check()
     workdir = Path(config.workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise ValueError(f"workdir={workdir}: is a file, not a folder")
     previous_policy = keras.mixed_precision.global_policy()
     # The policy must be set before the model exists.
     keras.mixed_precision.set_global_policy(config.mixed_precision)
@@ -251,6 +250,14 @@ def _train(config, strategy, chief, log):
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         last_eval = _loop(run, start, preempted)
+    except BaseException as e:
+        if chief:
+            print(flush=True)  # end the progress bar's line, so what follows starts on a new one
+        if workdir_lib.no_space(e):
+            raise workdir_lib.WorkdirError(
+                f"no space left on device while writing {workdir}; the last complete checkpoint is "
+                f"{manager.latest_checkpoint or 'none yet'}") from None
+        raise
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)

@@ -7,6 +7,7 @@ Layout (written by `alexnet-train` and `alexnet-import`):
     checkpoints/  tf.train.CheckpointManager's ckpt-N files
 """
 
+import errno
 import json
 import os
 import re
@@ -22,6 +23,11 @@ from alexnet_tf.model import build_alexnet, weight_layer_names
 
 class WorkdirError(ValueError):
     """A workdir or checkpoint that cannot be used; the message names it and says why."""
+
+
+def no_space(error):
+    """Whether `error` (an OSError or a TensorFlow error) means the disk is full."""
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
 
 
 def read_config(workdir):

@@ -30,8 +30,7 @@ def trained(tmp_path_factory, shapes_folder):
     tflite = {}
     for kind in export.TFLITE_KINDS:
         path = root / "export" / f"alexnet_v1_{kind}.tflite"
-        path.write_bytes(export.export_tflite(model, kind, representative_images=calibration))
-        export.write_tflite_metadata(path, saved)
+        export.write_tflite(export.export_tflite(model, kind, representative_images=calibration), path, saved)
         tflite[kind] = path
     return dict(root=root, model=model, config=run_config, names=names, saved=saved, tflite=tflite)
 

@@ -190,3 +190,160 @@ def test_export_of_a_truncated_config_is_one_line(workdir, tmp_path):
     proc = cli("export", f"--workdir={workdir}", f"--export_dir={tmp_path}/export")
     assert proc.returncode == 1
     assert "config.json is not valid JSON" in one_error_line(proc, "alexnet-export")
+
+
+# ----------------------------------------------------------------------------
+# Bad paths and inputs: one line, non-zero exit, no traceback
+# ----------------------------------------------------------------------------
+
+def test_bad_folders_are_refused_before_training(tmp_path, shapes_folder):
+    (tmp_path / "afile").write_text("x")
+    for flag, why in (("--data_dir", "is a file"), ("--export_dir", "is a file")):
+        args = train_args(tmp_path / "run", shapes_folder, tmp_path / "data", 1)
+        proc = cli("train", *[a for a in args if not a.startswith(flag)], f"{flag}={tmp_path}/afile", timeout=120)
+        assert proc.returncode == 2 and f"{flag}={tmp_path}/afile: {why}" in one_error_line(proc)
+        assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything trained
+    proc = cli("train", *train_args(tmp_path / "afile" / "run", shapes_folder, tmp_path / "data", 1), timeout=120)
+    assert proc.returncode == 2 and "cannot be created" in one_error_line(proc)
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("one_image_per_class", "no usable validation images"),
+    ("one_class", "has one class"),
+])
+def test_unusable_folder_datasets_are_one_line(tmp_path, shapes_folder, layout, message):
+    folder = tmp_path / "dataset"
+    classes = sorted(shapes_folder.iterdir())[:1 if layout == "one_class" else 3]
+    for c in classes:
+        files = sorted(c.iterdir())[:1 if layout == "one_image_per_class" else 4]
+        (folder / c.name).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, folder / c.name / f.name)
+    proc = cli("train", *train_args(tmp_path / "run", folder, tmp_path / "data", 1))
+    assert proc.returncode == 1 and message in one_error_line(proc)
+
+
+def test_an_error_after_the_progress_bar_starts_on_a_new_line(tmp_path, shapes_folder):
+    proc = cli("train", *train_args(tmp_path / "run", shapes_folder, tmp_path / "data", 50, "--lr=1e9"))
+    assert proc.returncode == 1 and "the loss became" in one_error_line(proc)
+    assert proc.stdout.endswith("\n")
+
+
+def test_benchmark_refuses_an_untrained_workdir_and_positional_arguments(tmp_path):
+    proc = cli("benchmark", "--sections=inference", f"--workdir={tmp_path}", timeout=60)
+    assert proc.returncode == 2 and "no trained run with a checkpoint" in one_error_line(proc, "alexnet-benchmark")
+    proc = cli("benchmark", "--sections=matmul", "stray", timeout=60)
+    assert proc.returncode == 2 and "unexpected arguments: stray" in one_error_line(proc, "alexnet-benchmark")
+
+
+def png_header(width, height):
+    """A PNG whose header says width x height (grayscale) with a few rows of data: what a decompression bomb
+    looks like to a reader that trusts the header."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = zlib.compress(b"\0" * (width + 1) * 4)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, trained):
+    """The trained tiny run exported as a SavedModel and a float32 TFLite file."""
+    from alexnet_tf import export
+
+    root = tmp_path_factory.mktemp("exported")
+    model, config, names = export.load_trained(trained / "run")
+    saved = export.export_savedmodel(model, names, config, root / "export")
+    tflite = export.write_tflite(export.export_tflite(model, "float32"), root / "export" / "m.tflite", saved)
+    return dict(saved=saved, tflite=tflite)
+
+
+def test_decompression_bombs_are_refused_unread_in_the_scan_and_in_prediction(tmp_path, shapes_folder, exported):
+    from alexnet_tf import data
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header(20000, 20000))
+    ok, why = data.check_image(bomb)
+    assert not ok and "20000x20000 = 400,000,000 pixels exceeds the limit of 89,478,485" in why
+    proc = cli("predict", f"--model={exported['saved']}", bomb, timeout=120)
+    assert proc.returncode == 1 and f"{bomb}: 20000x20000 = 400,000,000 pixels" in \
+        one_error_line(proc, "alexnet-predict")
+    # In a training folder it is skipped by name, like any unusable file; --max_pixels sets the limit.
+    folder = tmp_path / "dataset"
+    shutil.copytree(shapes_folder, folder)
+    shutil.copy(bomb, folder / "checkerboard" / "bomb.png")
+    proc = cli("train", *train_args(tmp_path / "run", folder, tmp_path / "data", 1, "--max_pixels=20000"))
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"skipped .*bomb\.png: 20000x20000 = 400,000,000 pixels exceeds the limit of 20,000", proc.stdout)
+    assert "skipped 1 unusable file(s)" in proc.stdout  # the 96x96 JPEGs (9,216 pixels) are under it
+
+
+def test_predict_refuses_models_it_cannot_use_in_one_line(tmp_path, exported, shapes_folder):
+    image = sorted(sorted(shapes_folder.iterdir())[0].iterdir())[0]
+    plain = tmp_path / "plain_savedmodel"
+    tf.saved_model.save(tf.Module(), str(plain))
+    no_assets = tmp_path / "no_assets"
+    shutil.copytree(exported["saved"], no_assets)
+    shutil.rmtree(no_assets / "assets")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(exported["saved"], truncated)
+    data_file = next((truncated / "variables").glob("variables.data-*"))
+    data_file.write_bytes(data_file.read_bytes()[:1000])
+    cut_tflite = tmp_path / "cut.tflite"
+    cut_tflite.write_bytes(exported["tflite"].read_bytes()[:5000])
+    shutil.copy(str(exported["tflite"]) + ".json", str(cut_tflite) + ".json")
+    bad_sidecar = tmp_path / "bad.tflite"
+    shutil.copy(exported["tflite"], bad_sidecar)
+    (tmp_path / "bad.tflite.json").write_text("{not json")
+    for model, message in ((plain, "missing assets/alexnet_tf.json"), (no_assets, "missing assets/alexnet_tf.json"),
+                           (truncated, "the SavedModel cannot be loaded"), (cut_tflite, "not a readable TFLite model"),
+                           (bad_sidecar, "bad.tflite.json is not valid JSON")):
+        proc = cli("predict", f"--model={model}", image, timeout=120)
+        assert proc.returncode == 2, (model, proc.stderr)
+        assert message in one_error_line(proc, "alexnet-predict"), (model, proc.stderr)
+
+
+def test_predict_galleries_outputs_and_empty_folders(tmp_path, exported, shapes_folder):
+    image = sorted(sorted(shapes_folder.iterdir())[0].iterdir())[0]
+    (tmp_path / "empty").mkdir()
+    for gallery, message in ((tmp_path / "empty", "no usable images found"), (tmp_path / "nowhere", "no such folder")):
+        proc = cli("predict", f"--model={exported['saved']}", "--neighbors=2", f"--gallery={gallery}", image)
+        assert proc.returncode == 2 and f"--gallery={gallery}: {message}" in one_error_line(proc, "alexnet-predict")
+    proc = cli("predict", f"--model={exported['saved']}", f"--features={tmp_path}/new/dir/f.npy", image)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "new" / "dir" / "f.npy").exists()
+    proc = cli("predict", f"--model={exported['saved']}", tmp_path / "empty")
+    assert proc.returncode == 1 and f"no images found under {tmp_path}/empty" in one_error_line(proc, "alexnet-predict")
+
+
+# ----------------------------------------------------------------------------
+# A full disk
+# ----------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (needs root, as CI has); skipped where it cannot be mounted."""
+    import subprocess
+
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(small_disk, workdir, trained, shapes_folder):
+    proc = cli("export", f"--workdir={workdir}", f"--export_dir={small_disk}/export", "--tflite=float32")
+    assert proc.returncode == 1
+    assert "no space left on device while writing" in one_error_line(proc, "alexnet-export")
+    assert not list(small_disk.rglob("*.partial")) and not list(small_disk.rglob("*.tflite"))
+
+    proc = cli("train", *train_args(small_disk / "run", shapes_folder, trained / "data", 4, "--ckpt_every=2"))
+    assert proc.returncode != 0
+    line = one_error_line(proc)
+    assert "no space left on device while writing" in line and "the last complete checkpoint is" in line

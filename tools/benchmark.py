@@ -19,6 +19,7 @@ See the trace in TensorBoard's Profile tab:
     tensorboard --logdir=runs/benchmark_profile
 """
 
+import glob
 import json
 import os
 import platform
@@ -73,16 +74,18 @@ def positive_ints(name, values):
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        cli.error("alexnet-benchmark", f"unexpected arguments: {' '.join(argv[1:])}")
+        return 2
     unknown = sorted(set(FLAGS.sections) - set(SECTIONS))
     try:
         if unknown:
             raise ValueError(f"--sections: unknown {','.join(unknown)}; choose from {','.join(SECTIONS)}")
         forward_batches = positive_ints("forward_batches", FLAGS.forward_batches)
         train_batches = positive_ints("train_batches", FLAGS.train_batches)
-        if "inference" in FLAGS.sections and not os.path.exists(os.path.join(FLAGS.workdir, "config.json")):
-            raise ValueError(f"--workdir={FLAGS.workdir}: no trained run there (run make train first, or drop "
-                             f"'inference' from --sections)")
+        if "inference" in FLAGS.sections and not glob.glob(os.path.join(FLAGS.workdir, "checkpoints", "ckpt-*.index")):
+            raise ValueError(f"--workdir={FLAGS.workdir}: no trained run with a checkpoint there (run make train "
+                             f"first, or drop 'inference' from --sections)")
     except ValueError as e:
         cli.error("alexnet-benchmark", e)
         return 2

@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import tempfile
+from pathlib import Path
 
 from absl import app, flags, logging
 
@@ -26,6 +27,21 @@ def error(name, message):
     if re.match(r"^[a-z_]+=", text):
         text = "--" + text
     print(f"{name}: error: {text}", file=sys.stderr)
+
+
+def check_folder(flag, path):
+    """Raises ValueError (`flag=path: why`) unless `path` is a folder or can be created as one."""
+    if not path:
+        return
+    target = Path(path).expanduser()
+    if target.exists():
+        if not target.is_dir():
+            raise ValueError(f"{flag}={path}: is a file, not a folder")
+        return
+    ancestor = next(p for p in target.parents if p.exists())
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}={path}: cannot be created ({ancestor} is "
+                         f"{'a file' if not ancestor.is_dir() else 'not writable'})")
 
 
 def _import_tensorflow_quietly():

@@ -33,6 +33,7 @@ def main(argv):
               f"{','.join(export.TFLITE_KINDS)}", file=sys.stderr)
         return 2
     try:
+        cli.check_folder("export_dir", FLAGS.export_dir)
         model, config, class_names = export.load_trained(FLAGS.workdir, FLAGS.checkpoint)
         path = export.export_savedmodel(model, class_names, config, FLAGS.export_dir, FLAGS.version)
         print(f"SavedModel: {path}")
@@ -41,11 +42,9 @@ def main(argv):
             if kind == "int8" and calibration is None:
                 calibration = export.representative_images(config, FLAGS.calibration_images)
             flatbuffer = export.export_tflite(model, kind, representative_images=calibration)
-            out = path.parent / f"alexnet_v{path.name}_{kind}.tflite"
-            out.write_bytes(flatbuffer)
-            export.write_tflite_metadata(out, path)
+            out = export.write_tflite(flatbuffer, path.parent / f"alexnet_v{path.name}_{kind}.tflite", path)
             print(f"TFLite {kind}: {out} ({len(flatbuffer) / 2**20:.1f} MiB)")
-    except export.ExportError as e:
+    except (export.ExportError, ValueError) as e:
         cli.error("alexnet-export", e)
         return 1
     return 0

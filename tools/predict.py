@@ -11,6 +11,7 @@ others are still predicted, and the exit status is 1 if any failed.
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 from absl import flags
@@ -29,6 +30,8 @@ flags.DEFINE_integer("neighbors", None, "List each image's K nearest --gallery i
                      lower_bound=1)
 flags.DEFINE_string("gallery", None, "Folder of images to search with --neighbors.")
 flags.DEFINE_string("contact_sheet", None, "With --neighbors: write a PNG, one row per query and its neighbours.")
+flags.DEFINE_integer("max_pixels", 89_478_485, "Refuse any image whose header says it has more pixels than this, "
+                     "before decoding it (a guard against decompression bombs).", lower_bound=1)
 
 
 def main(argv):
@@ -53,7 +56,11 @@ def main(argv):
         cli.error("alexnet-predict", e)
         return 2
     files = predict.list_images(inputs)
-    items = predict.load_images(classifier, files, ten_crop=FLAGS.ten_crop, on_error=report)
+    if not files:
+        cli.error("alexnet-predict", f"no images found under {', '.join(inputs)}")
+        return 1
+    items = predict.load_images(classifier, files, ten_crop=FLAGS.ten_crop, on_error=report,
+                                max_pixels=FLAGS.max_pixels)
     for path, top5 in predict.classify(classifier, items, FLAGS.batch_size, ten_crop=FLAGS.ten_crop):
         if FLAGS.json:
             print(json.dumps({"file": str(path), "top5": [{"class": n, "probability": p} for n, p in top5]}))
@@ -61,6 +68,9 @@ def main(argv):
             print(f"{path}: " + "; ".join(f"{n} {p:.3f}" for n, p in top5))
 
     try:
+        for output in (FLAGS.features, FLAGS.contact_sheet):
+            if output:  # into a folder that does not exist yet: create it
+                Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
         if FLAGS.features or FLAGS.neighbors:
             plain = items if not FLAGS.ten_crop else predict.load_images(classifier, [p for p, _ in items])
             query = predict.features(classifier, plain, FLAGS.batch_size)
@@ -80,7 +90,7 @@ def main(argv):
                 if FLAGS.contact_sheet:
                     predict.contact_sheet(rows, FLAGS.contact_sheet)
                     print(f"contact sheet -> {FLAGS.contact_sheet}")
-    except predict.PredictError as e:
+    except (predict.PredictError, OSError) as e:
         cli.error("alexnet-predict", e)
         return 2
     return 1 if failures else 0

@@ -88,6 +88,9 @@ flags.DEFINE_string("export_dir", "export/alexnet", "After training, export a Sa
                     "(when this run trained, or nothing was exported yet); empty to skip.")
 flags.DEFINE_integer("max_eval_images", D.max_eval_images, "Evaluate on at most this many validation images.",
                      lower_bound=1)
+flags.DEFINE_integer("max_pixels", D.max_pixels, "Refuse (skip, with a line naming it) any image whose header "
+                     "says it has more pixels than this, before decoding it: a guard against decompression bombs.",
+                     lower_bound=1)
 
 # The flags that are TrainConfig fields of the same name.
 CONFIG_FLAGS = [f for f in cfg.TrainConfig.__dataclass_fields__ if f in FLAGS and f not in ("help",)]
@@ -100,6 +103,8 @@ def main(argv):
     try:
         config = cfg.make_config(**{f: FLAGS[f].value for f in CONFIG_FLAGS})
         config.check()  # before TensorFlow starts
+        for flag in ("workdir", "export_dir"):
+            cli.check_folder(flag, getattr(config, flag, None) or FLAGS[flag].value)
     except ValueError as e:
         cli.error("alexnet-train", e)
         return 2
@@ -121,8 +126,12 @@ def main(argv):
     print(f"checkpoint: {result['checkpoint']}")
     if FLAGS.export_dir and result["chief"]:
         if result["step"] > result["start_step"] or export.next_version(FLAGS.export_dir) == 1:
-            model, run_config, names = export.load_trained(result["workdir"], result["checkpoint"])
-            print(f"SavedModel: {export.export_savedmodel(model, names, run_config, FLAGS.export_dir)}")
+            try:
+                model, run_config, names = export.load_trained(result["workdir"], result["checkpoint"])
+                print(f"SavedModel: {export.export_savedmodel(model, names, run_config, FLAGS.export_dir)}")
+            except export.ExportError as e:
+                cli.error("alexnet-train", e)
+                return 1
     print(f"TensorBoard: tensorboard --logdir {result['workdir']}")
     return 0
 
