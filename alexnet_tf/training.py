@@ -208,10 +208,10 @@ def _train(config, strategy, chief, log):
     # Non-chief workers of a multi-worker run must save too (the save is a
     # collective), but into a scratch directory.
     ckpt_dir = workdir / "checkpoints" if chief else workdir / f"tmp_worker_{strategy.cluster_resolver.task_id}"
-    workdir_lib.check_resume(config, ckpt_dir, recorded)
     if "imported_from" in recorded:
         raise ValueError(f"workdir={workdir}: holds weights imported by alexnet-import; fine-tune them into a new "
                          f"workdir with --init_from={workdir}")
+    workdir_lib.check_resume(config, ckpt_dir, recorded)
     source, stats = _load_data(config, log)
     if config.init_from:
         # The pretrained features expect the inputs they were trained on: that run's mean.
