@@ -60,7 +60,8 @@ def AlexNet(weights=None, include_top=True, pooling=None, classes=1000, *, lrn="
                                      pretrained.read_weights(weights))
     if include_top:
         return model
-    features = model.get_layer(POOL5_LAYER).output
+    names = {layer.name for layer in model.layers}
+    features = model.get_layer(POOL5_LAYER if POOL5_LAYER in names else "pool5_a").output  # one tower: its pool5
     if pooling == "avg":
         features = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
     elif pooling == "max":

@@ -29,6 +29,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SCHEDULES = ("plateau", "step")
 LRN_CHOICES = ("paper", "caffe", None)  # see alexnet_tf.model.LRN_CONSTANTS
+POOL_CHOICES = ("overlapping", "non_overlapping")
 # The weight layers `train_layers` names (each stands for both towers' halves).
 WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
@@ -40,6 +41,10 @@ class TrainConfig:
     workdir: str = "runs/alexnet"
     preset: str = "paper"
     lrn: str | None = "paper"        # "paper", "caffe" (imported bvlc_alexnet weights) or None
+    pool: str = "overlapping"        # or "non_overlapping" (the paper's pooling ablation)
+    towers: int = 2                  # or 1: the paper's one-GPU comparison net
+    pca_lighting: bool = True        # the paper's colour augmentation (Section 4.1)
+    flip: bool = True                # random horizontal reflections (Section 4.1)
     init_from: str | None = None     # fine-tune: a workdir or checkpoint to start from
     train_layers: str = "all"        # "all", or the layers to train, e.g. "fc6,fc7,fc8"; the rest stay frozen
     batch_size: int = 128            # global, over all replicas
@@ -91,6 +96,10 @@ class TrainConfig:
                 bad(field, f"must be one of {', '.join(choices)}")
         if self.lrn not in LRN_CHOICES:
             bad("lrn", "must be paper, caffe or none")
+        if self.pool not in POOL_CHOICES:
+            bad("pool", f"must be one of {', '.join(POOL_CHOICES)}")
+        if self.towers not in (1, 2):
+            bad("towers", "must be 2 (the paper's net) or 1 (its one-GPU comparison net)")
         if self.train_layers != "all":
             unknown = sorted({n.strip() for n in self.train_layers.split(",")} - set(WEIGHT_LAYERS))
             if unknown or not self.train_layers.strip():
@@ -212,7 +221,7 @@ def make_config(**values):
     if given.get("init_from"):
         # The model must be the one the weights were trained as: its preset and LRN variant.
         source = recorded_config(given["init_from"]) or {}
-        for field in ("preset", "lrn"):
+        for field in ("preset", "lrn", "pool", "towers"):
             if field not in given and field in source:
                 merged[field] = source[field]
     if merged.get("lrn") == "none":

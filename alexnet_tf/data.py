@@ -335,7 +335,7 @@ def dataset_statistics(source, data_dir=None, *, recompute=False, max_images=200
 # ----------------------------------------------------------------------------
 
 def train_pipeline(examples, stats, *, batch_size, crop=227, resize=preprocessing.RESIZE, seed=0,
-                   shuffle_buffer=10_000, deterministic=False):
+                   shuffle_buffer=10_000, deterministic=False, pca_lighting=True, flip=True):
     """Endless shuffled batches of (augmented image, label) from (image bytes, label) examples.
 
     Images are resized to `resize` (the paper's 256) before the random crop.
@@ -350,7 +350,7 @@ def train_pipeline(examples, stats, *, batch_size, crop=227, resize=preprocessin
     options.deterministic = deterministic
     view = lambda index, image: preprocessing.train_view(  # noqa: E731
         image, tf.stack([tf.constant(seed, tf.int64), index]), crop=crop, resize=resize,
-        mean=stats["mean"], eigval=stats["eigval"], eigvec=stats["eigvec"])
+        mean=stats["mean"], eigval=stats["eigval"], eigvec=stats["eigvec"], pca_lighting=pca_lighting, flip=flip)
     ds = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.enumerate().map(lambda i, ex: (view(i, ex[0]), ex[1]), num_parallel_calls=tf.data.AUTOTUNE)
     # A file that breaks after the scan must not end a long run; TF logs it.

@@ -39,6 +39,9 @@ POOL5_LAYER = "merge6_a"
 LRN_CONSTANTS = {"paper": dict(n=5, k=2.0, alpha=1e-4, beta=0.75),
                  "caffe": dict(n=5, k=1.0, alpha=1e-4 / 5, beta=0.75)}
 LRN_CHOICES = ("paper", "caffe", None)
+# Max-pooling after conv1, conv2 and conv5 (Section 3.4): "overlapping" is the paper's 3x3 windows every
+# 2 pixels; "non_overlapping" its comparison, 2x2 every 2 (the maps stay 55/27/13/6).
+POOL_CHOICES = {"overlapping": (3, 2), "non_overlapping": (2, 2)}
 
 
 def conv1_padding(image_size):
@@ -53,7 +56,7 @@ def conv1_padding(image_size):
     return (out - 1) * 4 + 11 - image_size
 
 
-def _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, name):
+def _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, pool, towers, name):
     def is_int(v):
         return isinstance(v, int) and not isinstance(v, bool)
 
@@ -76,6 +79,10 @@ def _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, na
         raise ValueError(f"init_std must be a positive number, got {init_std!r}; the paper uses 0.01")
     if lrn not in LRN_CHOICES:
         raise ValueError(f"lrn must be one of 'paper', 'caffe' or None, got {lrn!r}")
+    if pool not in POOL_CHOICES:
+        raise ValueError(f"pool must be 'overlapping' or 'non_overlapping', got {pool!r}")
+    if towers not in (1, 2) or isinstance(towers, bool):
+        raise ValueError(f"towers must be 2 (the paper's net) or 1 (its one-GPU comparison net), got {towers!r}")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
 
@@ -83,8 +90,9 @@ def _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, na
 class _Layers:
     """Makes the model's layers: each named, initialized as the paper says, and placed on its tower's device."""
 
-    def __init__(self, devices, width, init_std, dropout, lrn, seed):
+    def __init__(self, devices, width, init_std, dropout, lrn, pool, seed):
         self.devices, self.width, self.init_std, self.dropout, self.lrn = devices, width, init_std, dropout, lrn
+        self.pool_size, self.pool_stride = POOL_CHOICES[pool]
         # One seed per initializer and dropout layer, all derived from `seed`.
         self._seeds = itertools.count(seed) if seed is not None else None
 
@@ -110,14 +118,14 @@ class _Layers:
         if self.lrn is None:
             return towers[t]
         name, device, constants = f"norm{stage}_{t}", self.devices[t], LRN_CONSTANTS[self.lrn]
-        if self.lrn == "paper":
+        if self.lrn == "paper" or len(towers) == 1:
             return placement.LocalResponseNormalization(**constants, name=name, device=device)(towers[t])
         other = towers["b" if t == "a" else "a"]
         return placement.CrossTowerLRN(tower=t, **constants, name=name, device=device)([towers[t], other])
 
     def pool(self, t, stage, x):
-        # Overlapping pooling: 3x3 windows every 2 pixels (Section 3.4).
-        return placement.MaxPooling2D(3, strides=2, name=f"pool{stage}_{t}", device=self.devices[t])(x)
+        return placement.MaxPooling2D(self.pool_size, strides=self.pool_stride, name=f"pool{stage}_{t}",
+                                      device=self.devices[t])(x)
 
     def merge(self, t, layer, towers):
         """Both towers' outputs, a then b, gathered on tower t's device."""
@@ -132,7 +140,8 @@ class _Layers:
 
 
 def build_alexnet(num_classes=1000, *, image_size=PAPER_IMAGE_SIZE, tower_devices=None, width=1.0,
-                  dropout=0.5, seed=None, init_std=0.01, lrn="paper", name="alexnet"):
+                  dropout=0.5, seed=None, init_std=0.01, lrn="paper", pool="overlapping", towers=2,
+                  name="alexnet"):
     """The paper's two-tower AlexNet as a Keras functional model returning logits.
 
     Args:
@@ -153,11 +162,19 @@ def build_alexnet(num_classes=1000, *, image_size=PAPER_IMAGE_SIZE, tower_device
       lrn: "paper" (the default), "caffe" (the constants and cross-tower window
         of Caffe's bvlc_alexnet, which imported weights need) or None; see
         `LRN_CONSTANTS`.
+      pool: "overlapping" (3x3 windows every 2 pixels, the paper's) or
+        "non_overlapping" (2x2 every 2), its ablation.
+      towers: 2, or 1 for the paper's one-GPU comparison net (footnote to
+        Section 3.2): one tower with conv1-conv4 of one tower's size (48, 128,
+        192, 192 kernels) and conv5 and the FC layers of the whole net's (256;
+        4096, 4096), layers named like tower a's.
       name: the model's name.
     """
-    _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, name)
+    _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, pool, towers, name)
     devices = dict(zip(TOWERS, placement.resolve_tower_devices(tower_devices)))
-    make = _Layers(devices, width, init_std, dropout, lrn, seed)
+    make = _Layers(devices, width, init_std, dropout, lrn, pool, seed)
+    if towers == 1:
+        return _one_tower(make, num_classes, image_size, name)
 
     images = keras.Input((image_size, image_size, 3), name="images")
     x = images
@@ -178,6 +195,25 @@ def build_alexnet(num_classes=1000, *, image_size=PAPER_IMAGE_SIZE, tower_device
     logits = placement.Dense(num_classes, name="fc8", device=devices["a"], **make.init(0.0))(features)
     # Logits in float32 whatever the mixed-precision policy, so losses and
     # softmax downstream never run in half precision.
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+    return keras.Model(images, logits, name=name)
+
+
+def _one_tower(make, num_classes, image_size, name):
+    """The paper's one-GPU net: the two-tower net's layers with no split, conv1-conv4 at one tower's size."""
+    images = keras.Input((image_size, image_size, 3), name="images")
+    x = images
+    if pad := conv1_padding(image_size):
+        x = keras.layers.ZeroPadding2D(((0, pad), (0, pad)), name="conv1_pad")(x)
+    h = {"a": make.conv("a", "conv1", x, 48, 11, bias=0.0, strides=4, padding="valid")}
+    h = {"a": make.pool("a", 1, make.norm("a", 1, h))}
+    h = {"a": make.pool("a", 2, make.norm("a", 2, {"a": make.conv("a", "conv2", h["a"], 128, 5, bias=1.0)}))}
+    x = make.conv("a", "conv4", make.conv("a", "conv3", h["a"], 192, 3, bias=0.0), 192, 3, bias=1.0)
+    x = make.pool("a", 5, make.conv("a", "conv5", x, 256, 3, bias=1.0))
+    x = placement.Flatten(name="flatten6_a", device=make.devices["a"])(x)
+    x = make.fc("a", "fc7", make.fc("a", "fc6", x, 4096, bias=1.0), 4096, bias=1.0)
+    features = keras.layers.Identity(name=FEATURES_LAYER)(x)
+    logits = placement.Dense(num_classes, name="fc8", device=make.devices["a"], **make.init(0.0))(features)
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
     return keras.Model(images, logits, name=name)
 

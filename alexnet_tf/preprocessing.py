@@ -55,11 +55,12 @@ def center_square(image, size=RESIZE):
                    lambda: tf.image.resize(square, (size, size), method="bilinear"))
 
 
-def random_crop_and_flip(image, crop, seed):
-    """A random crop x crop patch, mirrored left-right with probability 1/2. `seed`: shape [2] int."""
+def random_crop_and_flip(image, crop, seed, flip=True):
+    """A random crop x crop patch, mirrored left-right with probability 1/2 (unless `flip` is False).
+    `seed`: shape [2] int."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     patch = tf.image.stateless_random_crop(image, (crop, crop, 3), seed=crop_seed)
-    return tf.image.stateless_random_flip_left_right(patch, seed=flip_seed)
+    return tf.image.stateless_random_flip_left_right(patch, seed=flip_seed) if flip else patch
 
 
 def pca_lighting(image, eigval, eigvec, alpha):
@@ -96,11 +97,13 @@ def ten_crops(image, crop, size=RESIZE):
     return tf.concat([patches, tf.image.flip_left_right(patches)], axis=0)
 
 
-def train_view(image_bytes, seed, *, crop, mean, eigval, eigvec, resize=RESIZE):
-    """Everything the paper does to a training image, minus batching. `seed`: shape [2] int."""
+def train_view(image_bytes, seed, *, crop, mean, eigval, eigvec, resize=RESIZE, pca_lighting=True, flip=True):
+    """Everything the paper does to a training image, minus batching. `seed`: shape [2] int.
+    `pca_lighting` and `flip` switch off the colour augmentation and the reflections (ablations)."""
     crop_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    image = random_crop_and_flip(decode_center_256(image_bytes, resize), crop, crop_seed)
-    image = random_pca_lighting(image, eigval, eigvec, colour_seed)
+    image = random_crop_and_flip(decode_center_256(image_bytes, resize), crop, crop_seed, flip=flip)
+    if pca_lighting:
+        image = random_pca_lighting(image, eigval, eigvec, colour_seed)
     return image - tf.convert_to_tensor(mean, tf.float32)
 
 

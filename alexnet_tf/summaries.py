@@ -12,7 +12,7 @@ def first_layer_grid(model):
     is scaled to [0, 1] on its own, with a one-pixel border between kernels.
     """
     rows = []
-    for t in ("a", "b"):
+    for t in [t for t in ("a", "b") if any(layer.name == f"conv1_{t}" for layer in model.layers)]:
         k = model.get_layer(f"conv1_{t}").kernel.value                    # [11, 11, 3, n]
         k = tf.transpose(k, [3, 0, 1, 2])                                  # [n, 11, 11, 3]
         lo = tf.reduce_min(k, axis=[1, 2, 3], keepdims=True)

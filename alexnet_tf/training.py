@@ -56,6 +56,7 @@ def build_state(config, num_classes, strategy):
     with strategy.scope():
         model = build_alexnet(num_classes, image_size=preset["image_size"], width=preset["width"],
                               init_std=preset["init_std"], dropout=config.dropout, lrn=config.lrn,
+                              pool=config.pool, towers=config.towers,
                               tower_devices=config.tower_devices, seed=config.seed)
         optim.freeze_except(model, config.trained_layers)
         optimizer = optim.make_optimizer(model.trainable_variables, lr=config.lr, momentum=config.momentum,
@@ -121,7 +122,8 @@ def _pipelines(config, source, stats, start, strategy):
     preset = config.preset_values
     train_ds = data.train_pipeline(source.train, stats, batch_size=config.batch_size, crop=preset["image_size"],
                                    resize=preset["resize"], seed=config.seed * 1_000_003 + start,
-                                   deterministic=config.deterministic)
+                                   deterministic=config.deterministic, pca_lighting=config.pca_lighting,
+                                   flip=config.flip)
     val_examples = source.validation
     if config.max_eval_images:
         val_examples = val_examples.take(config.max_eval_images)

@@ -58,7 +58,8 @@ def preset_values(config):
 def build_recorded(config, num_classes, **overrides):
     """The model a recorded config describes (preset and LRN variant), untrained."""
     preset = preset_values(config)
-    kwargs = dict(image_size=preset["image_size"], width=preset["width"], lrn=config.get("lrn", "paper"))
+    kwargs = dict(image_size=preset["image_size"], width=preset["width"], lrn=config.get("lrn", "paper"),
+                  pool=config.get("pool", "overlapping"), towers=config.get("towers", 2))
     return build_alexnet(num_classes, **{**kwargs, **overrides})
 
 
@@ -236,7 +237,7 @@ def initialize_from(model, init_from, log=print):
     source_dir, checkpoint = resolve(init_from)
     source, _, source_names = load_model(source_dir, checkpoint, log)
     loaded = []
-    for name in weight_layer_names():
+    for name in [layer.name for layer in model.layers if layer.weights]:
         values, layer = source.get_layer(name).get_weights(), model.get_layer(name)
         if [v.shape for v in values] == [tuple(w.shape) for w in layer.weights]:
             layer.set_weights(values)

@@ -42,6 +42,14 @@ flags.DEFINE_enum("lrn", None, ["paper", "caffe", "none"],
                   "Local response normalization: 'paper' (the paper's constants, per tower), 'caffe' (Caffe's "
                   "bvlc_alexnet: k=1, window across towers) or 'none' (default: paper; with --init_from, the "
                   "source's).")
+flags.DEFINE_enum("pool", None, list(cfg.POOL_CHOICES), "Max-pooling: 'overlapping' (3x3 every 2, the paper's) "
+                  "or 'non_overlapping' (2x2 every 2, its ablation) (default: overlapping; with --init_from, the "
+                  "source's).")
+flags.DEFINE_integer("towers", None, "2 (the paper's net) or 1 (its one-GPU comparison net: conv1-4 of one "
+                     "tower's size, conv5 and the FC layers of the whole net's) (default: 2; with --init_from, "
+                     "the source's).", lower_bound=1, upper_bound=2)
+flags.DEFINE_boolean("pca_lighting", D.pca_lighting, "Training: the paper's PCA colour augmentation.")
+flags.DEFINE_boolean("flip", D.flip, "Training: random horizontal reflections.")
 flags.DEFINE_string("init_from", None, "Fine-tune: start from this workdir (alexnet-train or alexnet-import) or "
                     "checkpoint. Every layer is loaded; fc8 is initialized anew when the class count differs. "
                     "Only a fresh workdir is initialized: rerunning resumes. Uses the fine-tuning recipe "
