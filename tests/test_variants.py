@@ -91,3 +91,32 @@ def test_augmentation_switches_change_only_what_they_say(shapes_folder):
                               preprocessing.train_view(image, tf.constant([s, 0], tf.int64), pca_lighting=False,
                                                        flip=False, **common).numpy())) for s in range(12)]
     assert not all(flips) and any(flips)  # with flip on, some views are mirrored
+
+
+def test_study_trains_two_variants_and_writes_a_table_and_a_plot(tmp_path, shapes_folder):
+    from PIL import Image
+
+    from helpers import cli
+
+    args = [f"--dataset=folder:{shapes_folder}", f"--data_dir={tmp_path}/data", f"--workdir={tmp_path}/study",
+            "--preset=tiny", "--batch_size=8", "--steps=4", "--eval_every=2", "--log_every=1",
+            "--variants=paper,no_lrn"]
+    proc = cli("study", *args, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "variant 1/2: paper" in proc.stdout and "variant 2/2: no_lrn" in proc.stdout
+    table = (tmp_path / "study" / "study.md").read_text().splitlines()
+    assert table[0].startswith("| variant | val top-1 error | val top-5 error | parameters |")
+    rows = {line.split("|")[1].strip(): line.split("|")[2:] for line in table[2:]}
+    assert set(rows) == {"paper", "no_lrn"}
+    assert rows["paper"][2].strip() == rows["no_lrn"][2].strip() == "325,114"  # LRN has no parameters
+    assert "+1.4 / +1.2 (paper" in rows["no_lrn"][5]
+    image = Image.open(tmp_path / "study" / "study.png")
+    assert image.size == (800, 500)
+    pixels = np.asarray(image.convert("RGB"), np.float32)
+    assert pixels.std() > 5  # a drawn plot, not a blank page
+    for variant in ("paper", "no_lrn"):
+        recorded = json.loads((tmp_path / "study" / variant / "config.json").read_text())
+        assert recorded["lrn"] == ("paper" if variant == "paper" else None) and recorded["total_steps"] == 4
+    # Rerunning resumes each variant instead of training it again.
+    again = cli("study", *args, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("resumed from") == 2, again.stdout

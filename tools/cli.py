@@ -74,15 +74,17 @@ def _quiet_unless_asked():
     _import_tensorflow_quietly()
 
 
-def run(main, name):
-    """Runs `main` under absl; a bad flag value prints `<name>: error: ...` and exits with status 2."""
+def run(main, name, also_help=()):
+    """Runs `main` under absl; a bad flag value prints `<name>: error: ...` and exits with status 2.
+    `--help` lists the flags of main's module and of the modules named in `also_help`."""
     module = sys.modules[main.__module__]
 
     def parse_flags(argv):
         if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
             print((module.__doc__ or "").strip() + "\n")
             # absl files a `python -m` main's flags under its script path.
-            print(flags.FLAGS.module_help(sys.argv[0] if module.__name__ == "__main__" else module.__name__))
+            for key in [sys.argv[0] if module.__name__ == "__main__" else module.__name__, *also_help]:
+                print(flags.FLAGS.module_help(key))
             print("\nabsl's and TensorFlow's own flags: --helpfull")
             sys.exit(0)
         try:

@@ -104,13 +104,19 @@ flags.DEFINE_integer("max_pixels", D.max_pixels, "Refuse (skip, with a line nami
 CONFIG_FLAGS = [f for f in cfg.TrainConfig.__dataclass_fields__ if f in FLAGS and f not in ("help",)]
 
 
+def config_from_flags():
+    """The TrainConfig the flags describe, checked (before TensorFlow starts); ValueError naming a bad flag."""
+    config = cfg.make_config(**{f: FLAGS[f].value for f in CONFIG_FLAGS})
+    config.check()
+    return config
+
+
 def main(argv):
     if len(argv) > 1:
         cli.error("alexnet-train", f"unexpected arguments: {' '.join(argv[1:])}")
         return 2
     try:
-        config = cfg.make_config(**{f: FLAGS[f].value for f in CONFIG_FLAGS})
-        config.check()  # before TensorFlow starts
+        config = config_from_flags()
         for flag in ("workdir", "export_dir"):
             cli.check_folder(flag, getattr(config, flag, None) or FLAGS[flag].value)
     except ValueError as e:
