@@ -47,12 +47,10 @@ def AlexNet(weights=None, include_top=True, pooling=None, classes=1000, *, lrn="
     if weights is None:
         model = build_alexnet(classes, lrn=lrn, tower_devices=tower_devices, name=name)
     elif Path(weights).is_dir():
-        config, names = workdir_lib.read_config(weights)
+        _, names = workdir_lib.read_config(weights)
         if include_top and classes != len(names):
             raise ValueError(f"classes={classes}, but the weights in {weights} have {len(names)} classes")
-        model = workdir_lib.build_recorded(config, len(names), tower_devices=tower_devices, name=name)
-        checkpoint = workdir_lib.checkpoint_of(weights)
-        tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
+        model, _, _ = workdir_lib.load_model(weights, tower_devices=tower_devices, name=name, dropout=0.5)
     else:
         if include_top and classes != 1000:
             raise ValueError(f"classes={classes}, but bvlc_alexnet has 1000 classes; use include_top=False")

@@ -63,22 +63,15 @@ def build_recorded(config, num_classes, **overrides):
     return build_alexnet(num_classes, **{**kwargs, **overrides})
 
 
-def checkpoint_of(workdir, checkpoint=None):
-    """The checkpoint to restore: `checkpoint` if given, else the workdir's latest."""
-    checkpoint = checkpoint or tf.train.latest_checkpoint(str(Path(workdir) / "checkpoints"))
-    if not checkpoint:
-        raise WorkdirError(f"workdir={workdir}: no checkpoint in {Path(workdir) / 'checkpoints'}")
-    return checkpoint
-
-
-def load_model(workdir, checkpoint=None, log=print):
+def load_model(workdir, checkpoint=None, log=print, **build):
     """(model, run config, class names) of a workdir, restored from `checkpoint`, or else from the
     newest of its checkpoints that restores completely (a corrupt one is skipped, and said so).
-    The model is built for inference: no tower pins, no dropout."""
+    The model is built for inference, with no dropout and, unless `build` says otherwise (as
+    `build_alexnet` arguments), no tower pins."""
     config, class_names = read_config(workdir)
     # Dropout is off at inference; without it the model also has no seed-generator
     # state, a variable the TFLite converter cannot freeze.
-    model = build_recorded(config, len(class_names), dropout=0.0)
+    model = build_recorded(config, len(class_names), **{"dropout": 0.0, **build})
     saved = tf.train.Checkpoint(model=model)
     if checkpoint:
         if why := _restore(saved, checkpoint, partial=True):

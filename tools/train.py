@@ -101,7 +101,7 @@ flags.DEFINE_integer("max_pixels", D.max_pixels, "Refuse (skip, with a line nami
                      lower_bound=1)
 
 # The flags that are TrainConfig fields of the same name.
-CONFIG_FLAGS = [f for f in cfg.TrainConfig.__dataclass_fields__ if f in FLAGS and f not in ("help",)]
+CONFIG_FLAGS = [f for f in cfg.TrainConfig.__dataclass_fields__ if f in FLAGS]
 
 
 def config_from_flags():
