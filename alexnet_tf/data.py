@@ -74,6 +74,33 @@ def default_data_dir():
     return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
 
 
+def _download_and_prepare(builder, name, data_dir):
+    """TFDS's download_and_prepare, failing fast where the machine has no network.
+
+    TFDS retries every failed request with backoff (minutes without a network). The first attempt here
+    runs without those retries: if it cannot even connect, the dataset cannot be had from this machine
+    and that is said at once. Any other failure of that attempt (a server error, say) gets TFDS's
+    normal attempt with its retries."""
+    import requests
+    from tensorflow_datasets.core.download import downloader
+
+    retries = downloader.MAX_RETRIES
+    downloader.MAX_RETRIES = 0
+    try:
+        builder.download_and_prepare()
+        return
+    except requests.exceptions.ConnectionError as e:
+        host = getattr(getattr(e, "request", None), "url", None) or "its download server"
+        raise DatasetError(f"dataset={name}: is not prepared in {data_dir} and needs a download from {host}, "
+                           f"which this machine cannot reach; build it where there is network (tfds build "
+                           f"{name} --data_dir=...) and copy the data dir here") from None
+    except Exception:  # noqa: BLE001  anything else: TFDS's own attempt, with its retries, decides
+        pass
+    finally:
+        downloader.MAX_RETRIES = retries
+    builder.download_and_prepare()
+
+
 def imagenet_class_names():
     """(synsets, human-readable names) of ImageNet's 1000 classes, in label order, shipped in the package."""
     rows = [line.split("\t") for line in
@@ -109,7 +136,7 @@ def load_tfds(name, data_dir=None, *, val_fraction=0.05, download=True):
                            f"use '{EMBEDDED_DATASET}', a TFDS name, or 'folder:PATH'") from None
     if download:
         try:
-            builder.download_and_prepare()
+            _download_and_prepare(builder, name, data_dir)
         except AssertionError as e:  # TFDS's way of saying the manual files are missing
             raise DatasetError(f"dataset={name}: {e}") from None
     features = builder.info.features

@@ -347,3 +347,22 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(small_disk, wor
     assert proc.returncode != 0
     line = one_error_line(proc)
     assert "no space left on device while writing" in line and "the last complete checkpoint is" in line
+
+
+def test_a_tfds_dataset_that_needs_a_download_fails_fast_without_network(tmp_path):
+    """No network: every connection goes to a closed port on loopback (a proxy that is not there)."""
+    from helpers import subprocess_env
+
+    env = subprocess_env(HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9", NO_PROXY="")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    started = time.time()
+    proc = cli("train", "--dataset=mnist", f"--data_dir={tmp_path}/data", f"--workdir={tmp_path}/run",
+               "--preset=tiny", "--steps=1", "--export_dir=", env=env, timeout=300)
+    assert proc.returncode == 1
+    # TFDS's own download progress bars (tqdm) show the attempt; then one error line.
+    errors = [l for l in proc.stderr.splitlines() if l.strip() and not re.search(r"Dl Completed|Dl Size|Extraction", l)
+              and not set(l.strip()) <= set("\x1b[A ")]
+    assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
+    line = errors[0]
+    assert line.startswith("alexnet-train: error: --dataset=mnist: is not prepared") and "needs a download" in line
+    assert time.time() - started < 120  # TFDS's retries took 211 s here
