@@ -94,6 +94,8 @@ def _download_and_prepare(builder, name, data_dir):
         raise DatasetError(f"dataset={name}: is not prepared in {data_dir} and needs a download from {host}, "
                            f"which this machine cannot reach; build it where there is network (tfds build "
                            f"{name} --data_dir=...) and copy the data dir here") from None
+    except AssertionError:  # missing manual files: nothing a retry would change
+        raise
     except Exception:  # noqa: BLE001  anything else: TFDS's own attempt, with its retries, decides
         pass
     finally:
