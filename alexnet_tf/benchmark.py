@@ -156,9 +156,9 @@ def pipeline_throughput(folder, batch_size, *, crop=227, batches=20, warmup=3):
     """Images/s of the training input pipeline alone (decode, crop, flip, PCA lighting, batch)."""
     import tensorflow as tf
 
-    from alexnet_tf import data
+    from alexnet_tf import data, folders
 
-    source = data.load_folder(str(folder), val_fraction=0.01)
+    source = folders.load_folder(str(folder), val_fraction=0.01)
     stats = _bench_statistics()
     ds = data.train_pipeline(source.train.cache(), stats, batch_size=batch_size, crop=crop,
                              shuffle_buffer=1000)
@@ -177,12 +177,12 @@ def end_to_end(folder, batch_size, *, steps=10, warmup=2, precision="float32"):
     """Images/s of training that reads and augments JPEGs from `folder` (paper model, fp32)."""
     import keras
 
-    from alexnet_tf import data
+    from alexnet_tf import data, folders
     from alexnet_tf.model import build_alexnet
 
     keras.mixed_precision.set_global_policy(precision)
     try:
-        source = data.load_folder(str(folder), val_fraction=0.01)
+        source = folders.load_folder(str(folder), val_fraction=0.01)
         stats = _bench_statistics()
         ds = data.train_pipeline(source.train.cache(), stats, batch_size=batch_size, shuffle_buffer=1000)
         model = build_alexnet(source.num_classes, seed=0)

@@ -71,7 +71,7 @@ class TrainConfig:
     deterministic: bool = False      # reproducible input order (slower)
     val_fraction: float = 0.05       # for datasets without a validation split
     max_eval_images: int | None = None
-    max_pixels: int = 89_478_485     # larger images are refused unread (data.MAX_PIXELS)
+    max_pixels: int = 89_478_485     # larger images are refused unread (folders.MAX_PIXELS)
 
     @property
     def preset_values(self):

@@ -9,18 +9,17 @@ A dataset is named by a string (the train script's `--dataset`):
 - any other TFDS image-classification dataset (`imagenette`,
   `imagenet2012_subset/1pct`, ...), downloaded by TFDS where the machine can.
 - `folder:PATH`: one sub-folder per class, either under `PATH/train` and
-  `PATH/val`, or directly under PATH with a held-out fraction for validation.
+  `PATH/val`, or directly under PATH with a held-out fraction for validation
+  (`alexnet_tf.folders`, which also scans them for bad files).
 
 `load_dataset` returns a `Source`: encoded image bytes and integer labels for
 the train and validation splits, with the class names. `train_pipeline` and
 `eval_pipeline` turn those into batches with the paper's preprocessing.
 """
 
-import concurrent.futures
 import dataclasses
 import json
 import os
-import random
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +27,6 @@ import tensorflow as tf
 
 from alexnet_tf import preprocessing
 from alexnet_tf.config import EMBEDDED_DATASET
-
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif")
-# Images with more pixels are refused before they are decoded: a 1 MB PNG can hold 20000x20000 pixels
-# (1.6 GB decoded). Pillow's own decompression-bomb threshold; ImageNet's largest images are ~20 MP.
-MAX_PIXELS = 89_478_485
 
 # ImageNet's published RGB statistics (0..255 scale), used for imagenet2012
 # unless computed ones are stored: the per-channel mean, and the eigenvalues
@@ -116,12 +110,14 @@ def _is_imagenet(name):
     return name.split("/")[0].split(":")[0] in ("imagenet2012", "imagenet2012_subset")
 
 
-def load_dataset(name, data_dir=None, *, val_fraction=0.05, seed=0, download=True, max_pixels=MAX_PIXELS):
+def load_dataset(name, data_dir=None, *, val_fraction=0.05, seed=0, download=True, max_pixels=89_478_485):
     """The dataset called `name` (see the module docstring) as a `Source`."""
     if not isinstance(name, str) or not name:
         raise DatasetError(f"dataset must be a name such as '{EMBEDDED_DATASET}', 'imagenet2012' or "
                            f"'folder:PATH', got {name!r}")
     if name.startswith("folder:"):
+        from alexnet_tf.folders import load_folder
+
         return load_folder(name[len("folder:"):], val_fraction=val_fraction, seed=seed, max_pixels=max_pixels)
     return load_tfds(name, data_dir, val_fraction=val_fraction, download=download)
 
@@ -167,139 +163,6 @@ def load_tfds(name, data_dir=None, *, val_fraction=0.05, download=True):
     return Source(name=name, class_names=names, train=as_pairs(train_split), validation=as_pairs(eval_split),
                   num_train=builder.info.splits[train_split].num_examples,
                   num_validation=builder.info.splits[eval_split].num_examples)
-
-
-# ----------------------------------------------------------------------------
-# Folder datasets and bad files
-# ----------------------------------------------------------------------------
-
-def image_size(path):
-    """(width, height) from the file's header, without decoding its pixels (Pillow reads headers
-    lazily); None when Pillow does not recognise the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    Image.MAX_IMAGE_PIXELS = None  # Pillow would raise on large sizes; the caller applies max_pixels itself
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None
-
-
-def check_image(path, max_pixels=MAX_PIXELS):
-    """(ok, note) for one file: decodes it fully, as training will, unless its header says it has
-    more than `max_pixels` pixels.
-
-    note is None for an ordinary RGB image, says what conversion the pipeline
-    applies to a usable odd one (grayscale, CMYK, a PNG named .JPEG), or why
-    an unusable file is skipped (empty, truncated, not an image).
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        return False, f"unreadable ({e.strerror})"
-    if not data:
-        return False, "empty file (0 bytes)"
-    size = image_size(path)
-    if size and size[0] * size[1] > max_pixels:
-        return False, (f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels exceeds the limit of {max_pixels:,} "
-                       f"(--max_pixels); not decoded")
-    try:
-        image = tf.io.decode_image(data, channels=0, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        reason = e.message.splitlines()[0]
-        if "Unknown image file format" in reason:
-            return False, "not an image"
-        return False, f"corrupt or truncated image ({reason})"
-    notes = []
-    is_jpeg = bool(tf.io.is_jpeg(data))
-    if is_jpeg:
-        channels = int(tf.image.extract_jpeg_shape(data)[2])
-        if channels == 4:
-            notes.append("CMYK JPEG converted to RGB")
-    else:
-        channels = int(image.shape[-1])
-        if Path(path).suffix.lower() in (".jpeg", ".jpg"):
-            notes.append("not a JPEG despite its name; decoded by content")
-    if channels == 1:
-        notes.append("grayscale converted to RGB")
-    elif channels == 2 or (channels == 4 and not is_jpeg):
-        notes.append("alpha channel dropped")
-    return True, "; ".join(notes) or None
-
-
-def _class_files(root):
-    """{class name: [files]} for the sub-folders of root, or an error naming what is wrong."""
-    if not root.is_dir():
-        raise DatasetError(f"folder dataset {str(root)!r} does not exist or is not a folder")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DatasetError(f"folder dataset {str(root)!r} has no class sub-folders; expected one folder per "
-                           f"class (or train/ and val/ holding them)")
-    return {c: sorted(str(p) for p in (root / c).rglob("*") if p.is_file() and not p.name.startswith("."))
-            for c in classes}
-
-
-def scan_files(files, workers=8, max_pixels=MAX_PIXELS):
-    """Checks every file; returns (usable [(path, label)], skipped [(path, why)], converted [(path, what)])."""
-    usable, skipped, converted = [], [], []
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for (path, label), (ok, note) in zip(files, pool.map(lambda f: check_image(f[0], max_pixels), files)):
-            if not ok:
-                skipped.append((path, note))
-                continue
-            usable.append((path, label))
-            if note:
-                converted.append((path, note))
-    return usable, skipped, converted
-
-
-def load_folder(path, *, val_fraction=0.05, seed=0, max_pixels=MAX_PIXELS):
-    root = Path(path).expanduser()
-    if (root / "train").is_dir():
-        train_classes = _class_files(root / "train")
-        if not (root / "val").is_dir():
-            raise DatasetError(f"folder dataset {str(root)!r} has train/ but no val/ folder")
-        val_classes = _class_files(root / "val")
-        if unknown := sorted(set(val_classes) - set(train_classes)):
-            raise DatasetError(f"folder dataset {str(root)!r}: val/ has classes not in train/: {unknown}")
-        names = sorted(train_classes)
-        index = {c: i for i, c in enumerate(names)}
-        train = [(f, index[c]) for c in names for f in train_classes[c]]
-        val = [(f, index[c]) for c in val_classes for f in val_classes[c]]
-    else:
-        if not 0 < val_fraction < 1:
-            raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        classes = _class_files(root)
-        names = sorted(classes)
-        train, val = [], []
-        for label, c in enumerate(names):
-            files = list(classes[c])
-            random.Random(f"{seed}/{c}").shuffle(files)  # a fixed split, whatever the machine
-            n_val = max(1, int(round(val_fraction * len(files)))) if len(files) > 1 else 0
-            val += [(f, label) for f in files[:n_val]]
-            train += [(f, label) for f in files[n_val:]]
-    if len(names) < 2:
-        raise DatasetError(f"folder dataset {str(root)!r} has one class ({names[0]}); classification needs at "
-                           f"least two class folders")
-    train, skipped_t, converted_t = scan_files(train, max_pixels=max_pixels)
-    val, skipped_v, converted_v = scan_files(val, max_pixels=max_pixels)
-    if not train:
-        raise DatasetError(f"folder dataset {str(root)!r} has no usable training images "
-                           f"({len(skipped_t)} files skipped)")
-    if not val:
-        raise DatasetError(f"folder dataset {str(root)!r} has no usable validation images: hold-out needs at "
-                           f"least 2 images in a class (one goes to validation), or put them under val/")
-
-    def pairs(items):
-        paths = [p for p, _ in items]
-        labels = np.array([l for _, l in items], np.int64)
-        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-        return ds.map(lambda p, l: (tf.io.read_file(p), l), num_parallel_calls=tf.data.AUTOTUNE)
-
-    return Source(name=f"folder:{root}", class_names=names, train=pairs(train), validation=pairs(val),
-                  num_train=len(train), num_validation=len(val),
-                  skipped=skipped_t + skipped_v, converted=converted_t + converted_v)
 
 
 # ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import data, preprocessing
+from alexnet_tf import folders, preprocessing
 
 
 class PredictError(ValueError):
@@ -108,17 +108,17 @@ def list_images(paths):
     found = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in data.IMAGE_EXTENSIONS)
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in folders.IMAGE_EXTENSIONS)
         else:
             found.append(p)  # even if missing: it is reported by name
     return found
 
 
-def load_images(classifier, paths, ten_crop=False, on_error=print, max_pixels=data.MAX_PIXELS):
+def load_images(classifier, paths, ten_crop=False, on_error=print, max_pixels=folders.MAX_PIXELS):
     """[(path, preprocessed array)] for the readable images; each failure reported by name via on_error."""
     good = []
     for path in paths:
-        ok, note = data.check_image(path, max_pixels)
+        ok, note = folders.check_image(path, max_pixels)
         if not ok:
             on_error(f"{path}: {note}")
             continue

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_tf import data
+from alexnet_tf import data, folders
 
 STATS = dict(mean=[120.0, 115.0, 100.0], eigval=[50.0, 5.0, 1.0], eigvec=np.eye(3).tolist())
 
@@ -49,7 +49,7 @@ def messy_folder(tmp_path):
 
 def test_folder_dataset_converts_what_it_can_and_skips_the_rest(messy_folder):
     root, converted, skipped = messy_folder
-    source = data.load_folder(str(root), val_fraction=0.2, seed=0)
+    source = folders.load_folder(str(root), val_fraction=0.2, seed=0)
     assert source.class_names == ["cat", "dog"]
     got_skipped = {Path(p): why for p, why in source.skipped}
     assert set(got_skipped) == set(skipped)
@@ -75,8 +75,8 @@ def test_folder_dataset_converts_what_it_can_and_skips_the_rest(messy_folder):
 
 def test_held_out_split_is_deterministic_and_disjoint(messy_folder):
     root, _, _ = messy_folder
-    a = data.load_folder(str(root), val_fraction=0.3, seed=1)
-    b = data.load_folder(str(root), val_fraction=0.3, seed=1)
+    a = folders.load_folder(str(root), val_fraction=0.3, seed=1)
+    b = folders.load_folder(str(root), val_fraction=0.3, seed=1)
 
     def paths(ds):
         return sorted(bytes(x) for x, _ in ds.as_numpy_iterator())
@@ -144,7 +144,7 @@ def test_compute_statistics_matches_numpy():
 
 def test_statistics_are_stored_beside_the_dataset(tmp_path, messy_folder):
     root, _, _ = messy_folder
-    source = data.load_folder(str(root))
+    source = folders.load_folder(str(root))
     logs = []
     stats = data.dataset_statistics(source, str(tmp_path), log=logs.append)
     stored = list((tmp_path / "alexnet_tf_statistics").glob("*.json"))
@@ -157,7 +157,7 @@ def test_statistics_are_stored_beside_the_dataset(tmp_path, messy_folder):
 
 def test_deterministic_train_pipeline_is_reproducible(messy_folder):
     root, _, _ = messy_folder
-    source = data.load_folder(str(root))
+    source = folders.load_folder(str(root))
 
     def first_batches(seed):
         ds = data.train_pipeline(source.train, STATS, batch_size=4, crop=67, seed=seed, deterministic=True)

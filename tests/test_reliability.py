@@ -263,11 +263,11 @@ def exported(tmp_path_factory, trained):
 
 
 def test_decompression_bombs_are_refused_unread_in_the_scan_and_in_prediction(tmp_path, shapes_folder, exported):
-    from alexnet_tf import data
+    from alexnet_tf import folders
 
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_header(20000, 20000))
-    ok, why = data.check_image(bomb)
+    ok, why = folders.check_image(bomb)
     assert not ok and "20000x20000 = 400,000,000 pixels exceeds the limit of 89,478,485" in why
     proc = cli("predict", f"--model={exported['saved']}", bomb, timeout=120)
     assert proc.returncode == 1 and f"{bomb}: 20000x20000 = 400,000,000 pixels" in \
