@@ -56,3 +56,19 @@ def test_a_tiny_training_run_prints_no_library_chatter(tmp_path, shapes_folder):
                f"--workdir={tmp_path}/run", "--preset=tiny", "--batch_size=8", "--steps=2", "--export_dir=",
                "--verbosity=0")
     assert loud.returncode == 0 and chatter.search(loud.stderr), loud.stderr
+
+
+@pytest.mark.parametrize("tool, flag, shown", [
+    ("train", "--lr=0", "--lr=0.0: must be a finite number > 0"),
+    ("train", "--train_layers=fc9", "--train_layers='fc9'"),
+    ("study", "--variants=paper,huge", "--variants=paper,huge: choose from"),
+])
+def test_a_bad_flag_is_reported_before_tensorflow_starts(tmp_path, tool, flag, shown):
+    # A stand-in `tensorflow` that fails loudly on import: the flag error must come first.
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text("raise ImportError('tensorflow was imported')\n")
+    env = subprocess_env()
+    env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
+    proc = cli(tool, flag, f"--workdir={tmp_path}/w", env=env, timeout=60)
+    assert proc.returncode == 2 and "tensorflow was imported" not in proc.stderr, proc.stderr
+    assert shown in proc.stderr

@@ -90,6 +90,7 @@ def main(argv):
         cli.error("alexnet-benchmark", e)
         return 2
 
+    cli.start_tensorflow()
     from alexnet_tf import benchmark as bm, profiling
     from alexnet_tf.model import build_alexnet
 

@@ -71,6 +71,14 @@ def _quiet_unless_asked():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     flags.FLAGS.verbosity = logging.WARNING  # absl would raise it to INFO after parsing
     logging.set_verbosity(logging.WARNING)
+
+
+def start_tensorflow():
+    """Imports TensorFlow (quietly unless --verbosity was given). Each tool calls it once its flags are
+    checked, so a bad flag is reported before TensorFlow starts."""
+    if flags.FLAGS["verbosity"].present or "tensorflow" in sys.modules:
+        import tensorflow  # noqa: F401
+        return
     _import_tensorflow_quietly()
 
 

@@ -25,6 +25,7 @@ def main(argv):
     if len(argv) > 1:
         print(f"alexnet-export: error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
         return 2
+    cli.start_tensorflow()
     from alexnet_tf import export
 
     unknown = [k for k in FLAGS.tflite if k not in export.TFLITE_KINDS]

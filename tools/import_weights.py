@@ -23,6 +23,7 @@ def main(argv):
     if len(argv) > 1:
         cli.error("alexnet-import", f"unexpected arguments: {' '.join(argv[1:])}")
         return 2
+    cli.start_tensorflow()
     from alexnet_tf import pretrained
 
     try:

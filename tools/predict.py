@@ -42,6 +42,7 @@ def main(argv):
     if (FLAGS.neighbors is None) != (FLAGS.gallery is None):
         print("alexnet-predict: error: --neighbors and --gallery go together", file=sys.stderr)
         return 2
+    cli.start_tensorflow()
     from alexnet_tf import predict
 
     failures = []

@@ -40,6 +40,7 @@ def main(argv):
         cli.error("alexnet-study", e)
         return 2
 
+    cli.start_tensorflow()
     from alexnet_tf import study, training
     from alexnet_tf.data import DatasetError
 

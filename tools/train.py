@@ -123,6 +123,7 @@ def main(argv):
         cli.error("alexnet-train", e)
         return 2
 
+    cli.start_tensorflow()
     from alexnet_tf import export, training
     from alexnet_tf.data import DatasetError
 
