@@ -15,6 +15,9 @@ import math
 from pathlib import Path
 
 EMBEDDED_DATASET = "alexnet_shapes"
+# Images with more pixels are refused before they are decoded: a 1 MB PNG can hold 20000x20000 pixels
+# (1.6 GB decoded). Pillow's own decompression-bomb threshold; ImageNet's largest images are ~20 MP.
+MAX_PIXELS = 89_478_485
 
 PRESETS = {
     # The paper's model on 227x227 crops of 256x256 images.
@@ -71,7 +74,7 @@ class TrainConfig:
     deterministic: bool = False      # reproducible input order (slower)
     val_fraction: float = 0.05       # for datasets without a validation split
     max_eval_images: int | None = None
-    max_pixels: int = 89_478_485     # larger images are refused unread (folders.MAX_PIXELS)
+    max_pixels: int = MAX_PIXELS     # larger images are refused unread
 
     @property
     def preset_values(self):

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import preprocessing
-from alexnet_tf.config import EMBEDDED_DATASET
+from alexnet_tf.config import EMBEDDED_DATASET, MAX_PIXELS
 
 # ImageNet's published RGB statistics (0..255 scale), used for imagenet2012
 # unless computed ones are stored: the per-channel mean, and the eigenvalues
@@ -110,7 +110,7 @@ def _is_imagenet(name):
     return name.split("/")[0].split(":")[0] in ("imagenet2012", "imagenet2012_subset")
 
 
-def load_dataset(name, data_dir=None, *, val_fraction=0.05, seed=0, download=True, max_pixels=89_478_485):
+def load_dataset(name, data_dir=None, *, val_fraction=0.05, seed=0, download=True, max_pixels=MAX_PIXELS):
     """The dataset called `name` (see the module docstring) as a `Source`."""
     if not isinstance(name, str) or not name:
         raise DatasetError(f"dataset must be a name such as '{EMBEDDED_DATASET}', 'imagenet2012' or "

@@ -12,12 +12,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from alexnet_tf.config import MAX_PIXELS
 from alexnet_tf.data import DatasetError, Source
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif")
-# Images with more pixels are refused before they are decoded: a 1 MB PNG can hold 20000x20000 pixels
-# (1.6 GB decoded). Pillow's own decompression-bomb threshold; ImageNet's largest images are ~20 MP.
-MAX_PIXELS = 89_478_485
 
 
 def image_size(path):

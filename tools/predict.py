@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
+from alexnet_tf.config import MAX_PIXELS
 from tools import cli
 
 FLAGS = flags.FLAGS
@@ -30,7 +31,7 @@ flags.DEFINE_integer("neighbors", None, "List each image's K nearest --gallery i
                      lower_bound=1)
 flags.DEFINE_string("gallery", None, "Folder of images to search with --neighbors.")
 flags.DEFINE_string("contact_sheet", None, "With --neighbors: write a PNG, one row per query and its neighbours.")
-flags.DEFINE_integer("max_pixels", 89_478_485, "Refuse any image whose header says it has more pixels than this, "
+flags.DEFINE_integer("max_pixels", MAX_PIXELS, "Refuse any image whose header says it has more pixels than this, "
                      "before decoding it (a guard against decompression bombs).", lower_bound=1)
 
 
