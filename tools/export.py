@@ -4,8 +4,6 @@
     alexnet-export --workdir=W --export_dir=export/alexnet --tflite=float32,float16,dynamic,int8
 """
 
-import sys
-
 from absl import flags
 
 from tools import cli
@@ -23,15 +21,15 @@ flags.DEFINE_integer("calibration_images", 100, "Training images for int8 calibr
 
 def main(argv):
     if len(argv) > 1:
-        print(f"alexnet-export: error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
+        cli.error("alexnet-export", f"unexpected arguments: {' '.join(argv[1:])}")
         return 2
     cli.start_tensorflow()
     from alexnet_tf import export
 
     unknown = [k for k in FLAGS.tflite if k not in export.TFLITE_KINDS]
     if unknown:
-        print(f"alexnet-export: error: --tflite: unknown kind(s) {','.join(unknown)}; choose from "
-              f"{','.join(export.TFLITE_KINDS)}", file=sys.stderr)
+        cli.error("alexnet-export", f"--tflite: unknown kind(s) {','.join(unknown)}; choose from "
+                                    f"{','.join(export.TFLITE_KINDS)}")
         return 2
     try:
         cli.check_folder("export_dir", FLAGS.export_dir)
