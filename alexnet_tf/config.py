@@ -30,7 +30,10 @@ PRESETS = {
 }
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-SCHEDULES = ("plateau", "step")
+SCHEDULES = ("plateau", "step", "original_code")
+# What the run follows where the paper's text and its 2012 code differ: "paper" (the text) or
+# "original_code" (alexnet_tf.model.RECIPES; the optimizer's and schedule's part in alexnet_tf.optim).
+RECIPES = ("paper", "original_code")
 LRN_CHOICES = ("paper", "caffe", None)  # see alexnet_tf.model.LRN_CONSTANTS
 POOL_CHOICES = ("overlapping", "non_overlapping")
 # The weight layers `train_layers` names (each stands for both towers' halves).
@@ -46,6 +49,7 @@ class TrainConfig:
     lrn: str | None = "paper"        # "paper", "caffe" (imported bvlc_alexnet weights) or None
     pool: str = "overlapping"        # or "non_overlapping" (the paper's pooling ablation)
     towers: int = 2                  # or 1: the paper's one-GPU comparison net
+    recipe: str = "paper"            # or "original_code": what the 2012 code did where it differs from the text
     pca_lighting: bool = True        # the paper's colour augmentation (Section 4.1)
     flip: bool = True                # random horizontal reflections (Section 4.1)
     init_from: str | None = None     # fine-tune: a workdir or checkpoint to start from
@@ -58,7 +62,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     dropout: float = 0.5
-    lr_schedule: str = "plateau"
+    lr_schedule: str = "plateau"     # "original_code": the 2012 run's calendar, scaled to this run's length
     patience: int = 3                # plateau: evaluations without improvement before a drop
     step_epochs: float = 30          # step: epochs between drops
     max_drops: int = 3
@@ -94,7 +98,7 @@ class TrainConfig:
             raise ValueError(f"{field}={getattr(self, field)!r}: {want}")
 
         for field, choices in (("preset", PRESETS), ("strategy", STRATEGIES), ("mixed_precision", PRECISIONS),
-                               ("lr_schedule", SCHEDULES)):
+                               ("lr_schedule", SCHEDULES), ("recipe", RECIPES)):
             if getattr(self, field) not in choices:
                 bad(field, f"must be one of {', '.join(choices)}")
         if self.lrn not in LRN_CHOICES:
@@ -103,6 +107,9 @@ class TrainConfig:
             bad("pool", f"must be one of {', '.join(POOL_CHOICES)}")
         if self.towers not in (1, 2):
             bad("towers", "must be 2 (the paper's net) or 1 (its one-GPU comparison net)")
+        if self.recipe == "original_code" and self.lrn == "caffe":
+            bad("lrn", "cannot be combined with recipe=original_code, which has the 2012 code's own LRN; "
+                       "use paper or none")
         if self.train_layers != "all":
             unknown = sorted({n.strip() for n in self.train_layers.split(",")} - set(WEIGHT_LAYERS))
             if unknown or not self.train_layers.strip():
@@ -159,7 +166,7 @@ FINETUNE_RECIPE = {**PAPER_RECIPE, "lr": 0.001, "epochs": 10, "lr_schedule": "st
                    "warmup_steps": 0}
 
 
-def recipe(dataset, init_from=None):
+def recipe_defaults(dataset, init_from=None):
     """The recipe's values of RECIPE_FIELDS for training on `dataset` (fine-tuning with `init_from`)."""
     if init_from:
         return dict(FINETUNE_RECIPE)
@@ -214,19 +221,22 @@ def default_workdir(dataset, preset):
 def make_config(**values):
     """A TrainConfig from `values`: a field given as None (or not at all) takes the recipe's value
     for the dataset, then TrainConfig's default; the workdir defaults to runs/<dataset>-<preset>.
-    With `init_from`, the preset and the LRN variant default to those the weights were trained with."""
+    With `init_from`, the preset and the variant default to those the weights were trained with;
+    `recipe="original_code"` (without `init_from`) brings the 2012 run's schedule unless one is given."""
     given = {k: v for k, v in values.items() if v is not None}
     unknown = sorted(set(given) - set(TrainConfig.__dataclass_fields__))
     if unknown:
         raise TypeError(f"make_config: unknown field(s) {', '.join(unknown)}")
     dataset = given.get("dataset", EMBEDDED_DATASET)
-    merged = {**recipe(dataset, given.get("init_from")), **given}
+    merged = {**recipe_defaults(dataset, given.get("init_from")), **given}
     if given.get("init_from"):
-        # The model must be the one the weights were trained as: its preset and LRN variant.
+        # The model must be the one the weights were trained as: its preset and variant.
         source = recorded_config(given["init_from"]) or {}
-        for field in ("preset", "lrn", "pool", "towers"):
+        for field in ("preset", "lrn", "pool", "towers", "recipe"):
             if field not in given and field in source:
                 merged[field] = source[field]
+    elif merged.get("recipe") == "original_code" and "lr_schedule" not in given:
+        merged["lr_schedule"] = "original_code"
     if merged.get("lrn") == "none":
         merged["lrn"] = None
     merged.setdefault("workdir", default_workdir(dataset, merged.get("preset", TrainConfig.preset)))

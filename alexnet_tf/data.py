@@ -227,7 +227,7 @@ def dataset_statistics(source, data_dir=None, *, recompute=False, max_images=200
 # ----------------------------------------------------------------------------
 
 def train_pipeline(examples, stats, *, batch_size, crop=227, resize=preprocessing.RESIZE, seed=0,
-                   shuffle_buffer=10_000, deterministic=False, pca_lighting=True, flip=True):
+                   shuffle_buffer=10_000, deterministic=False, pca_lighting=True, flip=True, pca_lighting_until=None):
     """Endless shuffled batches of (augmented image, label) from (image bytes, label) examples.
 
     Images are resized to `resize` (the paper's 256) before the random crop.
@@ -235,14 +235,17 @@ def train_pipeline(examples, stats, *, batch_size, crop=227, resize=preprocessin
     (`seed`, its position in the stream), so with `deterministic=True` the
     batches are exactly reproducible; otherwise map results may arrive out of
     order, which is faster. Pass a different `seed` on every (re)start.
+    With `pca_lighting_until`, only the stream's first that many images get the colour noise.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     options = tf.data.Options()
     options.deterministic = deterministic
+    lighting = lambda index: (pca_lighting if pca_lighting_until is None or not pca_lighting  # noqa: E731
+                              else index < pca_lighting_until)
     view = lambda index, image: preprocessing.train_view(  # noqa: E731
         image, tf.stack([tf.constant(seed, tf.int64), index]), crop=crop, resize=resize,
-        mean=stats["mean"], eigval=stats["eigval"], eigvec=stats["eigvec"], pca_lighting=pca_lighting, flip=flip)
+        mean=stats["mean"], eigval=stats["eigval"], eigvec=stats["eigvec"], pca_lighting=lighting(index), flip=flip)
     ds = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.enumerate().map(lambda i, ex: (view(i, ex[0]), ex[1]), num_parallel_calls=tf.data.AUTOTUNE)
     # A file that breaks after the scan must not end a long run; TF logs it.

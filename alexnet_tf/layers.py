@@ -243,3 +243,44 @@ class CrossTowerLRN(LocalResponseNormalization):
 
     def get_config(self):
         return {**super().get_config(), "tower": self.tower}
+
+
+@keras.saving.register_keras_serializable(package="alexnet_tf")
+class SameMapResponseNormalization(keras.layers.Layer):
+    """cuda-convnet's `rnorm` layer: each channel normalized by its own neighbourhood in space,
+
+        b[y, x, c] = a[y, x, c] / (k + alpha * sum_{|dy|, |dx| <= size//2} a[y + dy, x + dx, c]^2) ** beta
+
+    with the window clipped at the map's edges. The 2012 code puts one after conv2's
+    cross-map LRN (`cnorm2` in layers-145.cfg); the paper does not mention it.
+    `alpha` applies to the sum: cuda-convnet's `scale=0.001` is divided by size^2
+    (layer.py), so the code's layer is alpha=0.001/25, k=1 (its `1 +` in
+    convResponseNorm), beta=0.75. Arithmetic in float32, as in
+    `LocalResponseNormalization`.
+    """
+
+    def __init__(self, size=5, k=1.0, alpha=0.001 / 25, beta=0.75, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
+            raise ValueError(f"SameMapResponseNormalization: size must be a positive odd integer "
+                             f"(the window is centred on each pixel), got size={size!r}")
+        for arg, value in (("k", k), ("alpha", alpha), ("beta", beta)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"SameMapResponseNormalization: {arg} must be a non-negative number, "
+                                 f"got {arg}={value!r}")
+        self.size, self.k, self.alpha, self.beta = size, float(k), float(alpha), float(beta)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def call(self, inputs):
+        x = tf.cast(inputs, tf.float32)
+        r = self.size // 2
+        # The window sum as an average over the zero-padded map: zeros count as the clipped edge.
+        squares = tf.pad(tf.square(x), [[0, 0], [r, r], [r, r], [0, 0]])
+        total = tf.nn.avg_pool2d(squares, self.size, 1, "VALID") * float(self.size * self.size)
+        return tf.cast(x * _inverse_powers(self.k + self.alpha * total, self.beta)[0], inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "k": self.k, "alpha": self.alpha, "beta": self.beta}

@@ -39,6 +39,16 @@ POOL5_LAYER = "merge6_a"
 LRN_CONSTANTS = {"paper": dict(n=5, k=2.0, alpha=1e-4, beta=0.75),
                  "caffe": dict(n=5, k=1.0, alpha=1e-4 / 5, beta=0.75)}
 LRN_CHOICES = ("paper", "caffe", None)
+# `recipe="original_code"`: the net as the 2012 code built it, where it differs from the paper's text
+# (computerhistory/AlexNet-Source-Code, layers/layers-145.cfg and layer-params-145.cfg; BUILD_NOTES.md):
+# - conv3-conv5 start with 3x the init std (`initW=0.03`, layers-145.cfg lines 143, 157, 172, 186, 200, 214);
+# - conv1 is normalized before its ReLU (conv1 has no `neuron`, pool1 has `neuron=relu`: lines 9-54);
+# - the cross-map LRN takes alpha over n (layer.py divides `scale=0.0001` by `size`, line 1183), k=2;
+# - a same-map response normalization follows conv2's (`cnorm2`, lines 107-117; params lines 157-163).
+RECIPES = ("paper", "original_code")
+ORIGINAL_CODE_LRN = dict(n=5, k=2.0, alpha=1e-4 / 5, beta=0.75)
+ORIGINAL_CODE_SAME_MAP = dict(size=5, k=1.0, alpha=0.001 / 25, beta=0.75)
+ORIGINAL_CODE_INIT_SCALE = {"conv3": 3.0, "conv4": 3.0, "conv5": 3.0}
 # Max-pooling after conv1, conv2 and conv5 (Section 3.4): "overlapping" is the paper's 3x3 windows every
 # 2 pixels; "non_overlapping" its comparison, 2x2 every 2 (the maps stay 55/27/13/6).
 POOL_CHOICES = {"overlapping": (3, 2), "non_overlapping": (2, 2)}
@@ -56,7 +66,7 @@ def conv1_padding(image_size):
     return (out - 1) * 4 + 11 - image_size
 
 
-def _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, pool, towers, name):
+def _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, pool, towers, recipe, name):
     def is_int(v):
         return isinstance(v, int) and not isinstance(v, bool)
 
@@ -83,6 +93,11 @@ def _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, po
         raise ValueError(f"pool must be 'overlapping' or 'non_overlapping', got {pool!r}")
     if towers not in (1, 2) or isinstance(towers, bool):
         raise ValueError(f"towers must be 2 (the paper's net) or 1 (its one-GPU comparison net), got {towers!r}")
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be 'paper' or 'original_code', got {recipe!r}")
+    if recipe == "original_code" and lrn == "caffe":
+        raise ValueError("lrn='caffe' cannot be combined with recipe='original_code', which has its own LRN "
+                         "(the 2012 code's constants); use lrn='paper' or None")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
 
@@ -90,8 +105,9 @@ def _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, po
 class _Layers:
     """Makes the model's layers: each named, initialized as the paper says, and placed on its tower's device."""
 
-    def __init__(self, devices, width, init_std, dropout, lrn, pool, seed):
+    def __init__(self, devices, width, init_std, dropout, lrn, pool, recipe, seed):
         self.devices, self.width, self.init_std, self.dropout, self.lrn = devices, width, init_std, dropout, lrn
+        self.original_code = recipe == "original_code"
         self.pool_size, self.pool_stride = POOL_CHOICES[pool]
         # One seed per initializer and dropout layer, all derived from `seed`.
         self._seeds = itertools.count(seed) if seed is not None else None
@@ -102,22 +118,38 @@ class _Layers:
     def units(self, n):
         return max(1, round(n * self.width))
 
-    def init(self, bias):
+    def init(self, bias, layer=None):
         # Paper, Section 5: weights ~ N(0, 0.01^2); biases 1 in conv2, conv4,
         # conv5 and the hidden FC layers (so their ReLUs start with positive
         # input), 0 elsewhere.
-        return {"kernel_initializer": keras.initializers.RandomNormal(0.0, self.init_std, seed=self.seed()),
+        std = self.init_std * (ORIGINAL_CODE_INIT_SCALE.get(layer, 1.0) if self.original_code else 1.0)
+        return {"kernel_initializer": keras.initializers.RandomNormal(0.0, std, seed=self.seed()),
                 "bias_initializer": keras.initializers.Constant(bias)}
 
-    def conv(self, t, layer, x, filters, size, bias, strides=1, padding="same"):
-        return placement.Conv2D(self.units(filters), size, strides=strides, padding=padding, activation="relu",
-                                name=f"{layer}_{t}", device=self.devices[t], **self.init(bias))(x)
+    def conv(self, t, layer, x, filters, size, bias, strides=1, padding="same", activation="relu"):
+        return placement.Conv2D(self.units(filters), size, strides=strides, padding=padding, activation=activation,
+                                name=f"{layer}_{t}", device=self.devices[t], **self.init(bias, layer))(x)
+
+    def conv1(self, towers, x):
+        """conv1 and its normalization: LRN after the ReLU (the paper), or before it (the 2012 code)."""
+        if not self.original_code:
+            h = {u: self.conv(u, "conv1", x, 48, 11, bias=0.0, strides=4, padding="valid") for u in towers}
+            return {u: self.norm(u, 1, h) for u in towers}
+        h = {u: self.conv(u, "conv1", x, 48, 11, bias=0.0, strides=4, padding="valid", activation=None) for u in towers}
+        return {u: placement.ReLU(name=f"relu1_{u}", device=self.devices[u])(self.norm(u, 1, h)) for u in towers}
 
     def norm(self, t, stage, towers):
-        """Tower t's normalized channels (Section 3.3), in the variant `lrn` names."""
+        """Tower t's normalized channels (Section 3.3), in the variant `lrn` (and `recipe`) names."""
         if self.lrn is None:
             return towers[t]
-        name, device, constants = f"norm{stage}_{t}", self.devices[t], LRN_CONSTANTS[self.lrn]
+        name, device = f"norm{stage}_{t}", self.devices[t]
+        if self.original_code:
+            x = placement.LocalResponseNormalization(**ORIGINAL_CODE_LRN, name=name, device=device)(towers[t])
+            if stage == 2:
+                x = placement.SameMapResponseNormalization(**ORIGINAL_CODE_SAME_MAP, name=f"cnorm{stage}_{t}",
+                                                           device=device)(x)
+            return x
+        constants = LRN_CONSTANTS[self.lrn]
         if self.lrn == "paper" or len(towers) == 1:
             return placement.LocalResponseNormalization(**constants, name=name, device=device)(towers[t])
         other = towers["b" if t == "a" else "a"]
@@ -141,7 +173,7 @@ class _Layers:
 
 def build_alexnet(num_classes=1000, *, image_size=PAPER_IMAGE_SIZE, tower_devices=None, width=1.0,
                   dropout=0.5, seed=None, init_std=0.01, lrn="paper", pool="overlapping", towers=2,
-                  name="alexnet"):
+                  recipe="paper", name="alexnet"):
     """The paper's two-tower AlexNet as a Keras functional model returning logits.
 
     Args:
@@ -168,11 +200,15 @@ def build_alexnet(num_classes=1000, *, image_size=PAPER_IMAGE_SIZE, tower_device
         Section 3.2): one tower with conv1-conv4 of one tower's size (48, 128,
         192, 192 kernels) and conv5 and the FC layers of the whole net's (256;
         4096, 4096), layers named like tower a's.
+      recipe: "paper" (the text), or "original_code": the net as the 2012
+        code built it (conv3-5 init 3x init_std, conv1 normalized before its
+        ReLU, the code's LRN constants, an extra same-map normalization after
+        conv2's; see `RECIPES`). Same weights, same names.
       name: the model's name.
     """
-    _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, pool, towers, name)
+    _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, pool, towers, recipe, name)
     devices = dict(zip(TOWERS, placement.resolve_tower_devices(tower_devices)))
-    make = _Layers(devices, width, init_std, dropout, lrn, pool, seed)
+    make = _Layers(devices, width, init_std, dropout, lrn, pool, recipe, seed)
     if towers == 1:
         return _one_tower(make, num_classes, image_size, name)
 
@@ -180,8 +216,7 @@ def build_alexnet(num_classes=1000, *, image_size=PAPER_IMAGE_SIZE, tower_device
     x = images
     if pad := conv1_padding(image_size):
         x = keras.layers.ZeroPadding2D(((0, pad), (0, pad)), name="conv1_pad")(x)
-    h = {t: make.conv(t, "conv1", x, 48, 11, bias=0.0, strides=4, padding="valid") for t in TOWERS}
-    h = {t: make.pool(t, 1, make.norm(t, 1, h)) for t in TOWERS}
+    h = {t: make.pool(t, 1, n) for t, n in make.conv1(TOWERS, x).items()}
     h = {t: make.conv(t, "conv2", h[t], 128, 5, bias=1.0) for t in TOWERS}
     h = {t: make.pool(t, 2, make.norm(t, 2, h)) for t in TOWERS}
     h = {t: make.conv(t, "conv3", make.merge(t, "merge3", h), 192, 3, bias=0.0) for t in TOWERS}
@@ -205,8 +240,7 @@ def _one_tower(make, num_classes, image_size, name):
     x = images
     if pad := conv1_padding(image_size):
         x = keras.layers.ZeroPadding2D(((0, pad), (0, pad)), name="conv1_pad")(x)
-    h = {"a": make.conv("a", "conv1", x, 48, 11, bias=0.0, strides=4, padding="valid")}
-    h = {"a": make.pool("a", 1, make.norm("a", 1, h))}
+    h = {"a": make.pool("a", 1, make.conv1(("a",), x)["a"])}
     h = {"a": make.pool("a", 2, make.norm("a", 2, {"a": make.conv("a", "conv2", h["a"], 128, 5, bias=1.0)}))}
     x = make.conv("a", "conv4", make.conv("a", "conv3", h["a"], 192, 3, bias=0.0), 192, 3, bias=1.0)
     x = make.pool("a", 5, make.conv("a", "conv5", x, 256, 3, bias=1.0))

@@ -55,20 +55,40 @@ class PaperSGD(keras.optimizers.SGD):
     have computed tower b's updates on the default device. Under a distribution
     strategy `update_step` receives each replica's own component of the weight
     and the decay applies once, to the all-reduced gradient.
+
+    `bias_learning_rate` (the 2012 code's `epsB`): biases learn at this fixed
+    rate, which no schedule lowers, instead of the schedule's. `layer_scales`
+    {layer name ("conv1"): scalar variable}: that layer's kernels and biases
+    learn at their rate times the variable's value (the 2012 code slowed and
+    then stopped conv1 late in training).
     """
 
-    def __init__(self, learning_rate=0.01, momentum=0.9, l2_decay=5e-4, **kwargs):
+    def __init__(self, learning_rate=0.01, momentum=0.9, l2_decay=5e-4, bias_learning_rate=None,
+                 layer_scales=None, **kwargs):
         if "weight_decay" in kwargs:
             raise ValueError("PaperSGD: use l2_decay (the paper's coupled decay), not Keras' decoupled weight_decay")
         super().__init__(learning_rate=learning_rate, momentum=momentum, **kwargs)
         self.l2_decay = l2_decay
+        self.bias_learning_rate = bias_learning_rate
+        self.layer_scales = dict(layer_scales or {})
 
     def build(self, variables):
         super().build(variables)
-        self._decay = [self.l2_decay if is_kernel(v) else 0.0 for v in variables]
+        # By path, which only the Keras variables given here have (update_step may see the tf.Variable).
+        self._kernel = [is_kernel(v) for v in variables]
+        self._decay = [self.l2_decay if kernel else 0.0 for kernel in self._kernel]
+        self._scales = [self.layer_scales.get(_layer_of(v)) for v in variables]
+
+    def _rate(self, index, learning_rate):
+        """Variable `index`'s learning rate: the schedule's, or the fixed bias rate, times its layer's scale."""
+        if self.bias_learning_rate is not None and not self._kernel[index]:
+            learning_rate = tf.constant(self.bias_learning_rate, learning_rate.dtype)
+        scale = self._scales[index]
+        return learning_rate if scale is None else learning_rate * tf.cast(scale, learning_rate.dtype)
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
+        learning_rate = self._rate(index, tf.convert_to_tensor(learning_rate))
         weight = variable.value if isinstance(variable, keras.Variable) else variable
         velocity = self.momentums[index].value
         # Under a distribution strategy: the replica's own component of the slot.
@@ -80,7 +100,12 @@ class PaperSGD(keras.optimizers.SGD):
                              tf.constant(self.momentum, dtype), tf.constant(self._decay[index], dtype))
 
     def get_config(self):
-        return {**super().get_config(), "l2_decay": self.l2_decay}
+        return {**super().get_config(), "l2_decay": self.l2_decay, "bias_learning_rate": self.bias_learning_rate}
+
+
+def _layer_of(variable):
+    """'conv1' for the variables of conv1_a and conv1_b (Keras paths 'conv1_a/kernel')."""
+    return getattr(variable, "path", variable.name).split("/")[0].split("_")[0]
 
 
 def freeze_except(model, trained_layers):
@@ -94,10 +119,12 @@ def freeze_except(model, trained_layers):
     return model
 
 
-def make_optimizer(variables, *, lr=0.01, momentum=0.9, weight_decay=5e-4, precision="float32"):
+def make_optimizer(variables, *, lr=0.01, momentum=0.9, weight_decay=5e-4, precision="float32",
+                   bias_learning_rate=None, layer_scales=None):
     """The optimizer every training step here uses (the trainer's and the benchmark's), built for
     `variables`: `PaperSGD`, wrapped in dynamic loss scaling under mixed_float16."""
-    optimizer = PaperSGD(learning_rate=lr, momentum=momentum, l2_decay=weight_decay)
+    optimizer = PaperSGD(learning_rate=lr, momentum=momentum, l2_decay=weight_decay,
+                         bias_learning_rate=bias_learning_rate, layer_scales=layer_scales)
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     # Keras 3 would otherwise create the momentum slots lazily inside the
@@ -189,15 +216,68 @@ class Warmup:
         return self.inner.after_evaluation(learning_rate, top1_error)
 
 
+class OriginalCodeSchedule(tf.Module):
+    """The 2012 run's calendar, from the handwritten log in layers/layer-params-145.cfg (lines 165-182)
+    of computerhistory/AlexNet-Source-Code, stretched to this run's length (`run_epochs`; the logged
+    run had 90 before it was killed at epoch 91):
+
+    - the weights' rate divided by 10 at epochs 25, 51 and 79 (`epsW` 0.01 -> 0.001 -> 0.0001 -> 0.00001);
+    - conv1's rate divided by 10 at epoch 67 and set to 0 at 72 (`conv1_scale`, for `PaperSGD`'s
+      `layer_scales`; the log names conv1's epsW, the final parameter file has its epsB at 0 too,
+      lines 1-15, so the scale applies to conv1's bias as well);
+    - the colour noise off from epoch 67 (`colour_noise_until`, for the input pipeline).
+
+    The biases' rate (`epsB`, twice the starting epsW) is never lowered: that is the optimizer's
+    `bias_learning_rate`. Everything follows from the epoch, so there is nothing to checkpoint
+    beyond what the other schedules keep.
+    """
+
+    LOGGED_EPOCHS = 90
+    WEIGHT_DROPS = (25, 51, 79)
+    CONV1_SLOWER, CONV1_STOPPED, COLOUR_NOISE_OFF = 67, 72, 67
+
+    def __init__(self, base_lr, run_epochs):
+        super().__init__(name="original_code_schedule")
+        self.base_lr, self.stretch = base_lr, run_epochs / self.LOGGED_EPOCHS
+        self.conv1_scale = tf.Variable(1.0, trainable=False, name="conv1_scale")
+        self.drops = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def at(self, epoch):
+        """(drops of the weights' rate so far, conv1's scale) at `epoch` of this run."""
+        logged = epoch / self.stretch
+        conv1 = 0.0 if logged >= self.CONV1_STOPPED else 0.1 if logged >= self.CONV1_SLOWER else 1.0
+        return sum(logged >= e for e in self.WEIGHT_DROPS), conv1
+
+    def colour_noise_until(self, steps_per_epoch):
+        """The step from which the colour noise is off."""
+        return int(round(self.COLOUR_NOISE_OFF * self.stretch * steps_per_epoch))
+
+    def after_step(self, learning_rate, step, epoch):
+        drops, conv1 = self.at(epoch)
+        if conv1 != float(self.conv1_scale.numpy()):
+            self.conv1_scale.assign(conv1)
+        if drops == self.drops.numpy():
+            return False
+        learning_rate.assign(self.base_lr * 0.1 ** drops)
+        self.drops.assign(drops)
+        return True
+
+    def after_evaluation(self, learning_rate, top1_error):
+        return False
+
+
 def checkpointed(schedule):
     """The part of a schedule that holds state, for `tf.train.Checkpoint(schedule=...)`."""
     return getattr(schedule, "inner", schedule)
 
 
-def make_schedule(config):
-    """The schedule `config` asks for: plateau or step, behind a warm-up if it has one."""
+def make_schedule(config, run_epochs=None):
+    """The schedule `config` asks for: plateau, step or the 2012 code's calendar (stretched to
+    `run_epochs`, by default `config.epochs`), behind a warm-up if it has one."""
     if config.lr_schedule == "plateau":
         schedule = PlateauSchedule(config.patience, config.max_drops)
+    elif config.lr_schedule == "original_code":
+        schedule = OriginalCodeSchedule(config.lr, run_epochs or config.epochs)
     else:
         schedule = StepSchedule(config.lr, config.step_epochs, config.max_drops)
     return Warmup(schedule, config.lr, config.warmup_steps) if config.warmup_steps else schedule

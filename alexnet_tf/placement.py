@@ -137,6 +137,8 @@ Concatenate = _placed(keras.layers.Concatenate)
 Flatten = _placed(keras.layers.Flatten)
 LocalResponseNormalization = _placed(LocalResponseNormalization)
 CrossTowerLRN = _placed(layers.CrossTowerLRN)
+SameMapResponseNormalization = _placed(layers.SameMapResponseNormalization)
+ReLU = _placed(keras.layers.ReLU)
 
 
 class _DeviceFree(keras.Model):

@@ -99,11 +99,15 @@ def ten_crops(image, crop, size=RESIZE):
 
 def train_view(image_bytes, seed, *, crop, mean, eigval, eigvec, resize=RESIZE, pca_lighting=True, flip=True):
     """Everything the paper does to a training image, minus batching. `seed`: shape [2] int.
-    `pca_lighting` and `flip` switch off the colour augmentation and the reflections (ablations)."""
+    `pca_lighting` and `flip` switch off the colour augmentation and the reflections (ablations);
+    `pca_lighting` may also be a boolean tensor (the colour noise switched off late in a run)."""
     crop_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     image = random_crop_and_flip(decode_center_256(image_bytes, resize), crop, crop_seed, flip=flip)
-    if pca_lighting:
-        image = random_pca_lighting(image, eigval, eigvec, colour_seed)
+    if isinstance(pca_lighting, bool):
+        if pca_lighting:
+            image = random_pca_lighting(image, eigval, eigvec, colour_seed)
+    else:
+        image = tf.where(pca_lighting, random_pca_lighting(image, eigval, eigvec, colour_seed), image)
     return image - tf.convert_to_tensor(mean, tf.float32)
 
 

@@ -50,19 +50,24 @@ def _is_chief(strategy):
         and "chief" not in resolver.cluster_spec().as_dict())
 
 
-def build_state(config, num_classes, strategy):
-    """Model, optimizer, step counter, schedule and the checkpoint over them, in `strategy`'s scope."""
+def build_state(config, num_classes, strategy, run_epochs=None):
+    """Model, optimizer, step counter, schedule and the checkpoint over them, in `strategy`'s scope.
+    `run_epochs`: the run's length, for a schedule that stretches to it (default `config.epochs`)."""
     preset = config.preset_values
     with strategy.scope():
         model = build_alexnet(num_classes, image_size=preset["image_size"], width=preset["width"],
                               init_std=preset["init_std"], dropout=config.dropout, lrn=config.lrn,
-                              pool=config.pool, towers=config.towers,
+                              pool=config.pool, towers=config.towers, recipe=config.recipe,
                               tower_devices=config.tower_devices, seed=config.seed)
         optim.freeze_except(model, config.trained_layers)
-        optimizer = optim.make_optimizer(model.trainable_variables, lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay, precision=config.mixed_precision)
+        schedule = optim.make_schedule(config, run_epochs)
+        conv1_scale = getattr(optim.checkpointed(schedule), "conv1_scale", None)
+        optimizer = optim.make_optimizer(
+            model.trainable_variables, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+            precision=config.mixed_precision, layer_scales={"conv1": conv1_scale} if conv1_scale is not None else None,
+            # The 2012 code's biases learn at twice the weights' starting rate, never lowered (epsB).
+            bias_learning_rate=2 * config.lr if config.recipe == "original_code" else None)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        schedule = optim.make_schedule(config)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
                                          schedule=optim.checkpointed(schedule))
     return {"model": model, "optimizer": optimizer, "step": step, "schedule": schedule, "checkpoint": checkpoint}
@@ -116,14 +121,16 @@ def _load_data(config, log):
     return source, data.dataset_statistics(source, config.data_dir, log=log)
 
 
-def _pipelines(config, source, stats, start, strategy):
+def _pipelines(config, source, stats, start, strategy, colour_noise_until=None):
     """(iterator over distributed training batches, validation dataset). A restart reseeds the
-    training stream from the step it starts at."""
+    training stream from the step it starts at. `colour_noise_until`: the step from which the
+    training images get no colour noise (None: never)."""
     preset = config.preset_values
+    until = None if colour_noise_until is None else max(0, colour_noise_until - start) * config.batch_size
     train_ds = data.train_pipeline(source.train, stats, batch_size=config.batch_size, crop=preset["image_size"],
                                    resize=preset["resize"], seed=config.seed * 1_000_003 + start,
                                    deterministic=config.deterministic, pca_lighting=config.pca_lighting,
-                                   flip=config.flip)
+                                   flip=config.flip, pca_lighting_until=until)
     val_examples = source.validation
     if config.max_eval_images:
         val_examples = val_examples.take(config.max_eval_images)
@@ -223,7 +230,7 @@ def _train(config, strategy, chief, log):
     total_steps = config.steps or max(1, int(round(config.epochs * steps_per_epoch)))
     eval_every = config.eval_every or steps_per_epoch
 
-    state = build_state(config, source.num_classes, strategy)
+    state = build_state(config, source.num_classes, strategy, run_epochs=total_steps / steps_per_epoch)
     if chief:
         workdir_lib.remove_partial_saves(ckpt_dir, log)
     # Resuming wins over init_from: never re-import over progress. The newest checkpoint that
@@ -238,7 +245,9 @@ def _train(config, strategy, chief, log):
                          replicas=replicas)
 
     start = int(state["step"].numpy())
-    train_iter, val_ds = _pipelines(config, source, stats, start, strategy)
+    calendar = optim.checkpointed(state["schedule"])
+    train_iter, val_ds = _pipelines(config, source, stats, start, strategy, colour_noise_until=(
+        calendar.colour_noise_until(steps_per_epoch) if hasattr(calendar, "colour_noise_until") else None))
     run = _Run(config=config, state=state, manager=manager, train_iter=train_iter,
                train_step=steps.make_train_step(state["model"], state["optimizer"], global_batch_size=config.batch_size,
                                                 strategy=strategy, jit=config.jit),

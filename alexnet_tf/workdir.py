@@ -56,10 +56,11 @@ def preset_values(config):
 
 
 def build_recorded(config, num_classes, **overrides):
-    """The model a recorded config describes (preset and LRN variant), untrained."""
+    """The model a recorded config describes (preset and variant), untrained."""
     preset = preset_values(config)
     kwargs = dict(image_size=preset["image_size"], width=preset["width"], lrn=config.get("lrn", "paper"),
-                  pool=config.get("pool", "overlapping"), towers=config.get("towers", 2))
+                  pool=config.get("pool", "overlapping"), towers=config.get("towers", 2),
+                  recipe=config.get("recipe", "paper"))
     return build_alexnet(num_classes, **{**kwargs, **overrides})
 
 

@@ -24,7 +24,7 @@ D = cfg.TrainConfig  # every default below comes from here or from the recipes
 E = cfg.EMBEDDED_RECIPE
 
 
-def recipe(paper, embedded):
+def recipe_help(paper, embedded):
     return f"(recipe; paper: {paper}, embedded dataset: {embedded}, see --init_from for fine-tuning)"
 
 
@@ -48,6 +48,12 @@ flags.DEFINE_enum("pool", None, list(cfg.POOL_CHOICES), "Max-pooling: 'overlappi
 flags.DEFINE_integer("towers", None, "2 (the paper's net) or 1 (its one-GPU comparison net: conv1-4 of one "
                      "tower's size, conv5 and the FC layers of the whole net's) (default: 2; with --init_from, "
                      "the source's).", lower_bound=1, upper_bound=2)
+flags.DEFINE_enum("recipe", None, list(cfg.RECIPES),
+                  "Where the paper's text and its 2012 code differ, follow 'paper' (the text) or 'original_code' "
+                  "(layers-145.cfg of the code: conv3-5 init std x3, conv1 normalized before its ReLU, the code's "
+                  "LRN constants, an extra same-map normalization after conv2, biases at twice the starting rate "
+                  "and never lowered, and --lr_schedule=original_code unless given) (default: paper; with "
+                  "--init_from, the source's).")
 flags.DEFINE_boolean("pca_lighting", D.pca_lighting, "Training: the paper's PCA colour augmentation.")
 flags.DEFINE_boolean("flip", D.flip, "Training: random horizontal reflections.")
 flags.DEFINE_string("init_from", None, "Fine-tune: start from this workdir (alexnet-train or alexnet-import) or "
@@ -58,27 +64,29 @@ flags.DEFINE_string("train_layers", D.train_layers, "'all', or the layers to tra
                     "'fc6,fc7,fc8'; the others are frozen (no updates, no momentum, no backward pass below the "
                     f"lowest trained layer). Layers: {','.join(cfg.WEIGHT_LAYERS)}.")
 flags.DEFINE_integer("batch_size", None, "Global batch size over all replicas "
-                     + recipe(D.batch_size, E["batch_size"]), lower_bound=1)
-flags.DEFINE_float("epochs", None, "Epochs to train " + recipe(f"{D.epochs:g}", f"{E['epochs']:g}"), lower_bound=0)
+                     + recipe_help(D.batch_size, E["batch_size"]), lower_bound=1)
+flags.DEFINE_float("epochs", None, "Epochs to train " + recipe_help(f"{D.epochs:g}", f"{E['epochs']:g}"), lower_bound=0)
 flags.DEFINE_integer("steps", None, "Train this many steps in total; overrides --epochs.", lower_bound=1)
-flags.DEFINE_float("lr", None, "Initial learning rate " + recipe(D.lr, E["lr"]), lower_bound=0)
+flags.DEFINE_float("lr", None, "Initial learning rate " + recipe_help(D.lr, E["lr"]), lower_bound=0)
 flags.DEFINE_integer("warmup_steps", None, "Ramp the learning rate linearly up to --lr over this many steps "
-                     + recipe(D.warmup_steps, E["warmup_steps"]), lower_bound=0)
+                     + recipe_help(D.warmup_steps, E["warmup_steps"]), lower_bound=0)
 flags.DEFINE_float("momentum", D.momentum, "Momentum of SGD.", lower_bound=0, upper_bound=0.999)
 flags.DEFINE_float("weight_decay", D.weight_decay,
                    "L2 penalty weight_decay/2 * sum(w^2) over kernels (the paper's rule).", lower_bound=0)
 flags.DEFINE_float("dropout", D.dropout, "Dropout rate after fc6 and fc7.", lower_bound=0, upper_bound=0.99)
 flags.DEFINE_enum("lr_schedule", None, list(cfg.SCHEDULES),
                   "'plateau': divide the rate by 10 when validation top-1 error stops improving for --patience "
-                  "evaluations (the paper's); 'step': divide by 10 every --step_epochs epochs "
-                  + recipe(D.lr_schedule, E["lr_schedule"]))
+                  "evaluations (the paper's); 'step': divide by 10 every --step_epochs epochs; 'original_code': "
+                  "the 2012 run's calendar stretched to this run (/10 at epochs 25, 51, 79 of 90; conv1 slowed at "
+                  "67 and stopped at 72; colour noise off from 67) "
+                  + recipe_help(D.lr_schedule, E["lr_schedule"]))
 flags.DEFINE_integer("patience", D.patience, "Plateau schedule: evaluations without improvement before a drop.",
                      lower_bound=1)
 flags.DEFINE_float("step_epochs", None, "Step schedule: epochs between drops "
-                   + recipe(f"{D.step_epochs:g}", f"{E['step_epochs']:g}"), lower_bound=0)
+                   + recipe_help(f"{D.step_epochs:g}", f"{E['step_epochs']:g}"), lower_bound=0)
 flags.DEFINE_integer("max_drops", D.max_drops, "Divide the learning rate at most this many times.", lower_bound=0)
 flags.DEFINE_integer("eval_every", None, "Evaluate on the validation split every N steps "
-                     + recipe("every epoch", E["eval_every"]), lower_bound=1)
+                     + recipe_help("every epoch", E["eval_every"]), lower_bound=1)
 flags.DEFINE_integer("ckpt_every", None, "Checkpoint every N steps (default: at every evaluation).",
                      lower_bound=1)
 flags.DEFINE_integer("log_every", D.log_every, "Write training scalars to TensorBoard every N steps.", lower_bound=1)
