@@ -72,6 +72,7 @@ class TrainConfig:
     ten_crop: bool = False
     tower_devices: tuple | None = None
     strategy: str = "default"
+    cpu_devices: int | None = None   # split the host CPU into this many logical devices (to try placement)
     mixed_precision: str = "float32"
     jit: bool = False
     seed: int = 0
@@ -83,6 +84,11 @@ class TrainConfig:
     @property
     def preset_values(self):
         return PRESETS[self.preset]
+
+    @property
+    def hybrid(self):
+        """The paper's towers on this worker's devices, data parallel across workers (cuda-convnet2's scheme)."""
+        return self.strategy == "multi_worker" and self.tower_devices is not None
 
     @property
     def trained_layers(self):
@@ -119,7 +125,7 @@ class TrainConfig:
         for field in ("batch_size", "log_every", "patience"):
             if getattr(self, field) < 1:
                 bad(field, "must be >= 1")
-        for field in ("steps", "eval_every", "ckpt_every", "max_eval_images", "max_pixels"):
+        for field in ("steps", "eval_every", "ckpt_every", "max_eval_images", "max_pixels", "cpu_devices"):
             if getattr(self, field) is not None and getattr(self, field) < 1:
                 bad(field, "must be >= 1")
         for field in ("epochs", "lr", "step_epochs"):
@@ -139,9 +145,10 @@ class TrainConfig:
                 raise ValueError(f"{field}={path}: is a file, not a folder")
         if self.tower_devices is not None and len(self.tower_devices) != 2:
             bad("tower_devices", "needs two devices (tower a, tower b)")
-        if self.tower_devices is not None and self.strategy != "default":
-            bad("tower_devices", "pins the towers to devices, which only the default strategy supports; "
-                                 "data-parallel strategies place a whole replica on each device")
+        if self.tower_devices is not None and self.strategy == "mirrored":
+            bad("tower_devices", "cannot be combined with strategy=mirrored, which makes every local device a "
+                                 "replica of the whole net; use strategy=multi_worker (one replica per machine, "
+                                 "its towers on these devices) or the default strategy")
 
 
 # ----------------------------------------------------------------------------
@@ -187,7 +194,7 @@ def recorded_config(path):
 # What may change when a run resumes: how long it runs, how it reports and evaluates, where things
 # are, and how it is placed. Everything else shapes the model, the data or the optimizer state.
 RESUMABLE_CHANGES = ("steps", "epochs", "log_every", "eval_every", "ckpt_every", "max_eval_images", "ten_crop",
-                     "data_dir", "workdir", "strategy", "tower_devices", "jit", "deterministic", "init_from",
+                     "data_dir", "workdir", "strategy", "tower_devices", "cpu_devices", "jit", "deterministic", "init_from",
                      "max_pixels")
 
 

@@ -75,9 +75,25 @@ def _canonical_device(device, position):
     key = (spec.device_type.upper(), spec.device_index)
     if key not in local:
         # Soft placement would silently move the tower elsewhere; a typo must fail here.
+        hint = " (cpu_devices=2 splits the CPU into /CPU:0 and /CPU:1)" if key[0] == "CPU" else ""
         raise ValueError(f"tower_devices[{position}]={device!r} does not exist on this machine; "
-                         f"devices on this machine: {available}")
+                         f"devices on this machine: {available}{hint}")
     return f"/device:{key[0]}:{key[1]}"
+
+
+def split_cpu(n):
+    """Splits the host CPU into `n` logical devices, /CPU:0 ... /CPU:n-1, so that tower placement can be
+    tried (and seen in a profile or the log) on a machine without GPUs. They share the same cores.
+    Must run before TensorFlow initializes its devices; a ValueError says so otherwise."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == n:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError:
+        raise ValueError(f"cpu_devices={n}: TensorFlow's devices are initialized already in this process; "
+                         f"split the CPU before anything else runs") from None
 
 
 def resolve_tower_devices(tower_devices=None):

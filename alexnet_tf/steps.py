@@ -13,13 +13,18 @@ def top_k_correct(logits, labels, k):
     return tf.reduce_sum(tf.cast(tf.math.in_top_k(tf.cast(labels, tf.int32), logits, k), tf.float32))
 
 
-def make_train_step(model, optimizer, *, global_batch_size, strategy, jit=False):
+def make_train_step(model, optimizer, *, global_batch_size, strategy, jit=False, mirrored=True):
     """A `tf.function(images, labels)` that runs one step on every replica.
 
     The loss is the cross-entropy alone; the paper's weight decay is part of
     the update (`PaperSGD`). Returns summed (over the global batch)
     cross-entropy, top-1 and top-5 correct counts, and the norm of the
     cross-entropy's gradient.
+
+    `mirrored=False` is for variables created outside `strategy.scope()`, one
+    copy per worker, each on its tower's device (the hybrid scheme,
+    `training.build_state`): the replica all-reduces the gradients with the
+    strategy's collectives and every worker applies the same sum to its copy.
     """
     variables = model.trainable_variables
     replicas = strategy.num_replicas_in_sync
@@ -35,15 +40,23 @@ def make_train_step(model, optimizer, *, global_batch_size, strategy, jit=False)
         # tf.gradients, not GradientTape: it keeps each backward op on the
         # device of its forward op, so each tower's backward pass stays home.
         grads = tf.gradients(optimizer.scale_loss(loss) if scales_loss else loss, [v.value for v in variables])
-        optimizer.apply(grads, variables)
+        summed = []
+        if mirrored:
+            optimizer.apply(grads, variables)
+        else:
+            summed = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
         if scales_loss:
             grads = [g / optimizer.dynamic_scale for g in grads]
-        return ce_sum, top_k_correct(logits, labels, 1), top_k_correct(logits, labels, 5), tf.linalg.global_norm(grads)
+        metrics = (ce_sum, top_k_correct(logits, labels, 1), top_k_correct(logits, labels, 5),
+                   tf.linalg.global_norm(grads))
+        return metrics, summed
 
     @tf.function(jit_compile=jit)
     def step(images, labels):
-        out = strategy.run(replica_step, args=(images, labels))
-        ce, top1, top5, gnorm = (strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in out)
+        metrics, summed = strategy.run(replica_step, args=(images, labels))
+        if not mirrored:  # this worker's one replica: apply the global sum to its own copy
+            optimizer.apply([strategy.experimental_local_results(g)[0] for g in summed], variables)
+        ce, top1, top5, gnorm = (strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in metrics)
         return ce, top1, top5, gnorm / replicas
 
     return step

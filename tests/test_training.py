@@ -125,7 +125,7 @@ def test_first_layer_grid_shows_every_conv1_kernel():
     ("batch_size", 0, "batch_size=0: must be >= 1"),
     ("lr", 0.0, "lr=0.0: must be a finite number > 0"),
     ("lr", float("inf"), "lr=inf: must be a finite number > 0"),
-    ("strategy", "mirrored", "tower_devices=.*only the default strategy"),
+    ("strategy", "mirrored", "tower_devices=.*cannot be combined with strategy=mirrored.*use strategy=multi_worker"),
 ])
 def test_config_errors_name_the_field(field, value, message):
     config = cfg.TrainConfig(**{field: value})

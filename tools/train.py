@@ -95,7 +95,12 @@ flags.DEFINE_list("tower_devices", None, "Devices of tower a and tower b, e.g. /
                   "tower per GPU with two or more GPUs, else TensorFlow's placement).")
 flags.DEFINE_enum("strategy", D.strategy, list(cfg.STRATEGIES),
                   "Data parallelism: 'mirrored' over this machine's devices, 'multi_worker' across machines "
-                  "(configured by TF_CONFIG).")
+                  "(configured by TF_CONFIG). multi_worker with --tower_devices is the hybrid scheme: one "
+                  "replica per machine, its towers on these devices, gradients all-reduced across machines.")
+flags.DEFINE_integer("cpu_devices", D.cpu_devices, "Split the host CPU into this many logical devices /CPU:0 ... "
+                     "before anything else runs, to try tower placement without GPUs, e.g. --cpu_devices=2 "
+                     "--tower_devices=/CPU:0,/CPU:1 (they share the same cores: for seeing placement, not speed).",
+                     lower_bound=1)
 flags.DEFINE_enum("mixed_precision", D.mixed_precision, list(cfg.PRECISIONS),
                   "Compute precision; LRN always runs in float32. mixed_float16 uses dynamic loss scaling.")
 flags.DEFINE_boolean("jit", D.jit, "Compile the train step with XLA.")
@@ -137,7 +142,7 @@ def main(argv):
 
     try:
         result, _ = training.train(config)
-    except (DatasetError, training.NonFiniteLoss) as e:
+    except (DatasetError, training.NonFiniteLoss, training.ClusterError) as e:
         cli.error("alexnet-train", e)
         return 1
     except ValueError as e:  # a bad value that only the library could check (e.g. a missing device)
