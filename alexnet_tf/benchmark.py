@@ -8,7 +8,9 @@ Every train step here is built by the functions the trainer uses
 (`optim.make_optimizer`, `steps.make_train_step`).
 """
 
+import os
 import statistics
+import tempfile
 import time
 
 # Training FLOPs per image: three times the forward pass's 724M multiply-adds,
@@ -269,6 +271,79 @@ def inference_models(workdir, *, repeats=5, warmup=2, log=print):
                    "batch1": inference(run, 1, image_size=size, repeats=max(repeats, 10), warmup=warmup),
                    "batch64": inference(run, 64, image_size=size, repeats=repeats, warmup=1)}
             rows.append(row)
+    return rows
+
+
+# The paper model's forward pass: 724M multiply-adds per image (profiling.layer_flops at batch 1).
+FORWARD_FLOP_PER_IMAGE = 2 * 724e6
+
+
+def memory_bandwidth(megabytes=512, *, warmup=2, repeats=5):
+    """GB/s of reading one large float32 tensor once (a sum over it): what reading the weights costs."""
+    import tensorflow as tf
+
+    x = tf.random.uniform((megabytes * 2**20 // 4,), seed=3)
+    total = tf.function(lambda: tf.reduce_sum(x))
+    result = time_call(lambda: total().numpy(), warmup=warmup, repeats=repeats)
+    result["gb_per_s"] = megabytes * 2**20 / result["median_s"] / 1e9
+    return result
+
+
+def serving_floor(ceiling_gflops, bandwidth_gb_per_s, weight_bytes, batch_size=1):
+    """The machine's limit for one forward pass of `batch_size` images, in seconds: the compute
+    (FLOPs at the matmul ceiling) or reading every weight once (at the measured bandwidth), whichever
+    is larger."""
+    compute = batch_size * FORWARD_FLOP_PER_IMAGE / (ceiling_gflops * 1e9)
+    memory = weight_bytes / (bandwidth_gb_per_s * 1e9)
+    return {"compute_s": compute, "memory_s": memory, "floor_s": max(compute, memory),
+            "bound": "memory" if memory > compute else "compute"}
+
+
+def serving_models(num_classes=1000, *, repeats=10, warmup=2, kinds=None, width=1.0, image_size=227, log=print):
+    """Batch-1 latency and batch-64 throughput of the untrained paper model (`num_classes` outputs) as
+    the SavedModel's `preprocessed` signature, each TFLite variant and, when onnxruntime is installed, the
+    same network in ONNX Runtime; each with its top-1 agreement with Keras on random images (weak
+    evidence for an untrained model: the trained-model agreement is the `inference` section's)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from alexnet_tf import export, onnx_export, predict
+    from alexnet_tf.model import build_alexnet
+    from alexnet_tf.placement import device_free
+
+    model = build_alexnet(num_classes, seed=0, width=width, image_size=image_size)
+    size = model.input_shape[1]
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-120, 120, (64, size, size, 3)).astype(np.float32)
+    reference = tf.function(lambda x: tf.nn.softmax(device_free(model)(x, training=False)))(images).numpy()
+    config = {"preset_values": {"image_size": size, "resize": 256}, "statistics": {"mean": [0.0, 0.0, 0.0]}}
+    names = [f"class {i}" for i in range(num_classes)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = export.export_savedmodel(model, names, config, tmp)
+        sig = tf.saved_model.load(str(saved)).signatures["preprocessed"]
+        runners = {"savedmodel": lambda x: sig(images=tf.constant(x))["probabilities"].numpy()}
+        calibration = rng.uniform(-120, 120, (20, size, size, 3)).astype(np.float32)
+        for kind in kinds or export.TFLITE_KINDS:
+            log(f"converting TFLite {kind} ({num_classes} classes)")
+            path = os.path.join(tmp, f"alexnet_{kind}.tflite")
+            export.write_tflite(export.export_tflite(model, kind, representative_images=calibration), path, saved)
+            runners[f"tflite_{kind}"] = predict.Classifier(path).probabilities
+        try:
+            import onnxruntime
+        except ImportError:
+            log("onnxruntime is not installed: no ONNX Runtime row (pip install onnxruntime)")
+        else:
+            path = onnx_export.write_onnx(model, os.path.join(tmp, "alexnet.onnx"))
+            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            runners[f"onnxruntime {onnxruntime.__version__}"] = lambda x: session.run(None, {"images": x})[0]
+        for name, run in runners.items():
+            log(f"timing {name}")
+            probs = run(images)
+            rows.append({"model": name, "num_classes": num_classes,
+                         "top1_agreement": float(np.mean(probs.argmax(1) == reference.argmax(1))),
+                         "batch1": inference(run, 1, image_size=size, repeats=repeats, warmup=warmup),
+                         "batch64": inference(run, 64, image_size=size, repeats=max(3, repeats // 3), warmup=1)})
     return rows
 
 

@@ -208,3 +208,21 @@ def test_ten_crop_and_features_and_neighbours(trained, held_out, tmp_path):
         assert float(found[0][1]) < 0.05 * float(found[1][1]), found
     image = Image.open(sheet)
     assert image.size == (4 * 96, 3 * 96)
+
+
+def test_onnx_export_runs_in_onnx_runtime_like_keras(trained, held_out, tmp_path):
+    """alexnet-export --onnx: the same network for ONNX Runtime (grouped convolutions, per-tower LRN)."""
+    import onnxruntime
+
+    from helpers import cli
+
+    proc = cli("export", f"--workdir={trained['root'] / 'run'}", f"--export_dir={tmp_path}", "--onnx")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = tmp_path / "alexnet_v1.onnx"
+    assert f"ONNX: {path}" in proc.stdout and not list(tmp_path.glob("*.partial"))
+    images = preprocessed(trained, held_out)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": images})[0]
+    want = tf.nn.softmax(trained["model"](images, training=False)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert (want.max(axis=1) < 0.99).sum() >= 10  # not only saturated outputs: the comparison means something

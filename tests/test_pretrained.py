@@ -164,7 +164,9 @@ def test_exported_import_classifies_jpeg_bytes_like_the_keras_model(bvlc, tmp_pa
     model, config, _ = workdir_lib.load_model(bvlc["workdir"])
     decoded = [tf.io.decode_jpeg(j).numpy() for j in jpegs]
     probs = tf.nn.softmax(model(applications.preprocess_input(decoded, mean=config["statistics"]["mean"]))).numpy()
-    np.testing.assert_allclose(served["probabilities"].numpy(), probs, atol=1e-5)
+    # The bound the other exports are held to (SavedModel vs Keras, BUILD_NOTES.md): on an AMX host oneDNN
+    # accumulates this full-size net's sums in another order than the serving graph's and differs by 1.8e-5.
+    np.testing.assert_allclose(served["probabilities"].numpy(), probs, atol=1e-4)
     assert served["top5_names"].numpy()[0, 0].decode() in open(bvlc["workdir"] / "classes.json").read()
     meta = (tmp_path / "export" / "1" / "assets" / "alexnet_tf.json").read_text()
     assert "122.67" in meta  # Caffe's mean, red first: the SavedModel takes RGB

@@ -8,7 +8,10 @@ train (train step at --train_batches, fp32), precision (mixed precision and
 XLA at batch 128), finetune (steps that train fc6-fc8 or fc8 only, against
 the full step and their FLOP ratio), pipeline (input pipeline alone on ImageNet-like JPEGs),
 e2e (training that reads those JPEGs), inference (Keras, SavedModel, TFLite
-variants; needs a trained --workdir for the agreement figures), memory (peak
+variants; needs a trained --workdir for the agreement figures), serving (batch-1
+latency and batch-64 throughput of the 1000-class paper model, untrained, as
+SavedModel, each TFLite variant and ONNX Runtime, against the machine's limit:
+its matmul ceiling and its memory bandwidth), memory (peak
 resident memory of training at batch 128), profile (a TF profiler trace of the
 fp32 train step at batch 128 in --profile_dir, and the time per layer and pass
 read from it). Each figure is a median over --repeats runs after --warmup.
@@ -30,8 +33,8 @@ from absl import flags
 
 from tools import cli
 
-SECTIONS = ("forward", "matmul", "train", "precision", "finetune", "pipeline", "e2e", "inference", "memory",
-            "profile")
+SECTIONS = ("forward", "matmul", "train", "precision", "finetune", "pipeline", "e2e", "inference", "serving",
+            "memory", "profile")
 # The fine-tuning steps timed by the finetune section (--train_layers of alexnet-train).
 FINETUNE_LAYERS = (("fc6", "fc7", "fc8"), ("fc8",))
 FLAGS = flags.FLAGS
@@ -101,7 +104,7 @@ def main(argv):
     if "forward" in sections:
         model = build_alexnet(seed=0)
         results["forward"] = [bm.forward_pass(model, b, warmup=w, repeats=r) for b in forward_batches]
-    if "matmul" in sections or "train" in sections:
+    if "matmul" in sections or "train" in sections or "serving" in sections:
         results["matmul"] = bm.matmul_ceiling(warmup=w, repeats=r)
     if "train" in sections:
         log("timing train steps")
@@ -130,6 +133,15 @@ def main(argv):
             results["e2e"] = bm.end_to_end(jpegs, 128, steps=max(10, r))
     if "inference" in sections:
         results["inference"] = bm.inference_models(FLAGS.workdir, repeats=r, warmup=w, log=log)
+    if "serving" in sections:
+        log("measuring memory bandwidth")
+        bandwidth = bm.memory_bandwidth(warmup=w, repeats=r)
+        weight_bytes = 4 * build_alexnet(1000).count_params()
+        results["serving"] = {
+            "bandwidth": bandwidth, "weight_bytes": weight_bytes,
+            "floor": {str(b): bm.serving_floor(results["matmul"]["gflops"], bandwidth["gb_per_s"], weight_bytes, b)
+                      for b in (1, 64)},
+            "models": bm.serving_models(1000, repeats=max(r, 10), warmup=w, log=log)}
     if "memory" in sections:
         log("measuring peak memory of training")
         results["memory"] = bm.peak_training_memory(128)
@@ -186,6 +198,8 @@ def print_table(results):
         row(f"{r['model']}{size}", r["batch1"],
             f"{r['batch1']['median_s'] / saved:.2f}x SavedModel latency" if saved and r["model"] != "savedmodel" else "")
         row(f"  top-1 agree {r['top1_agreement']:.1%}, max dp {r['max_prob_diff']:.1e}", r["batch64"])
+    if "serving" in results:
+        print_serving(results["serving"])
     if "profile" in results:
         p = results["profile"]
         print(f"\nprofile of the fp32 train step at batch {p['batch_size']} (ops one at a time, "
@@ -203,6 +217,21 @@ def print_table(results):
         print("\ntargets (batch 128, paper model):")
         for t in results["targets"]:
             print(f"  [{'met' if t['met'] else 'NOT MET'}] {t['target']}: {t['measured']}")
+
+
+def print_serving(serving):
+    f1, f64 = serving["floor"]["1"], serving["floor"]["64"]
+    print(f"\nserving, paper model, 1000 classes (untrained): {serving['weight_bytes'] / 1e6:.0f} MB of fp32 weights, "
+          f"memory bandwidth {serving['bandwidth']['gb_per_s']:.1f} GB/s")
+    print(f"  limit at batch 1: {f1['floor_s'] * 1e3:.1f} ms ({f1['bound']}-bound: compute {f1['compute_s'] * 1e3:.1f} "
+          f"ms, reading the weights {f1['memory_s'] * 1e3:.1f} ms); at batch 64: "
+          f"{64 / f64['compute_s']:.0f} images/s (compute)")
+    line = "  {:<26}{:>11}{:>14}{:>11}{:>13}{:>9}"
+    print(line.format("model", "batch-1 ms", "x the limit", "batch-64/s", "of compute", "top-1"))
+    for r in serving["models"]:
+        b1, b64 = r["batch1"]["median_s"], r["batch64"]["images_per_s"]
+        print(line.format(r["model"], f"{b1 * 1e3:.1f}", f"{b1 / f1['floor_s']:.2f}x", f"{b64:.1f}",
+                          f"{b64 / (64 / f64['compute_s']):.0%}", f"{r['top1_agreement']:.0%}"))
 
 
 def _train_rate(results, precision, batch_size=128):
@@ -250,7 +279,40 @@ def check_targets(results):
         add("TFLite int8 batch-1 latency <= half the SavedModel's, >= 99% top-1 agreement",
             f"{ratio:.2f}x ({int8['batch1']['median_s'] * 1e3:.1f} vs {saved['batch1']['median_s'] * 1e3:.1f} ms), "
             f"{int8['top1_agreement']:.1%} agreement", ratio <= 0.5 and int8["top1_agreement"] >= 0.99)
+    serving_targets(results, add)
     return targets
+
+
+def serving_targets(results, add):
+    """Issue 13's targets, from the serving section (and the trained model's int8 agreement, if measured)."""
+    if "serving" not in results:
+        return
+    serving = results["serving"]
+    rows = {r["model"].split()[0]: r for r in serving["models"]}
+    floor1 = serving["floor"]["1"]["floor_s"]
+    saved = rows.get("savedmodel")
+    if saved is None:
+        return
+    latency = saved["batch1"]["median_s"]
+    add("SavedModel fp32 batch-1 latency <= 1.5x the machine's limit",
+        f"{latency / floor1:.2f}x ({latency * 1e3:.1f} ms, limit {floor1 * 1e3:.1f} ms, "
+        f"{serving['floor']['1']['bound']}-bound)", latency <= 1.5 * floor1)
+    if "onnxruntime" in rows:
+        ort = rows["onnxruntime"]["batch1"]["median_s"]
+        add("SavedModel fp32 batch-1 latency <= 0.8x ONNX Runtime's", f"{latency / ort:.2f}x ({latency * 1e3:.1f} vs "
+            f"{ort * 1e3:.1f} ms)", latency <= 0.8 * ort)
+    if "tflite_int8" in rows:
+        int8 = rows["tflite_int8"]["batch1"]["median_s"]
+        trained = {r["model"]: r for r in results.get("inference", [])}.get("tflite_int8")
+        agreement, where = ((trained["top1_agreement"], "trained model, validation images") if trained else
+                            (rows["tflite_int8"]["top1_agreement"], "untrained model, random images: weak evidence"))
+        add("TFLite int8 batch-1 latency at 1000 classes <= 1/3 the SavedModel's, >= 99% top-1 agreement",
+            f"{int8 / latency:.2f}x ({int8 * 1e3:.1f} vs {latency * 1e3:.1f} ms), {agreement:.1%} agreement ({where})",
+            int8 <= latency / 3 and agreement >= 0.99)
+    compute64 = 64 / serving["floor"]["64"]["compute_s"]
+    b64 = saved["batch64"]["images_per_s"]
+    add("SavedModel batch-64 throughput >= 0.9 of the compute limit",
+        f"{b64 / compute64:.0%} ({b64:.1f} of {compute64:.0f} images/s)", b64 >= 0.9 * compute64)
 
 
 def run():

@@ -1,7 +1,7 @@
 """alexnet-export: write a trained model as a SavedModel (TF Serving layout) and TFLite files.
 
     alexnet-export --workdir=runs/alexnet_shapes-paper
-    alexnet-export --workdir=W --export_dir=export/alexnet --tflite=float32,float16,dynamic,int8
+    alexnet-export --workdir=W --export_dir=export/alexnet --tflite=float32,float16,dynamic,int8 --onnx
 """
 
 from absl import flags
@@ -17,6 +17,8 @@ flags.DEFINE_integer("version", None, "Version folder (default: one more than th
 flags.DEFINE_list("tflite", [], "TFLite variants to write beside the SavedModel, any of "
                   "float32,float16,dynamic,int8 (int8 is calibrated on training images).")
 flags.DEFINE_integer("calibration_images", 100, "Training images for int8 calibration.", lower_bound=1)
+flags.DEFINE_boolean("onnx", False, "Also write <export_dir>/alexnet_v<version>.onnx for ONNX Runtime (preprocessed "
+                     "float32 NHWC images in, probabilities out, like the TFLite files).")
 
 
 def main(argv):
@@ -24,7 +26,7 @@ def main(argv):
         cli.error("alexnet-export", f"unexpected arguments: {' '.join(argv[1:])}")
         return 2
     cli.start_tensorflow()
-    from alexnet_tf import export
+    from alexnet_tf import export, onnx_export
 
     unknown = [k for k in FLAGS.tflite if k not in export.TFLITE_KINDS]
     if unknown:
@@ -34,6 +36,8 @@ def main(argv):
     try:
         cli.check_folder("export_dir", FLAGS.export_dir)
         model, config, class_names = export.load_trained(FLAGS.workdir, FLAGS.checkpoint)
+        if FLAGS.onnx:  # before anything is written
+            onnx_export.check_supported(config.get("recipe", "paper"))
         path = export.export_savedmodel(model, class_names, config, FLAGS.export_dir, FLAGS.version)
         print(f"SavedModel: {path}")
         calibration = None
@@ -43,6 +47,11 @@ def main(argv):
             flatbuffer = export.export_tflite(model, kind, representative_images=calibration)
             out = export.write_tflite(flatbuffer, path.parent / f"alexnet_v{path.name}_{kind}.tflite", path)
             print(f"TFLite {kind}: {out} ({len(flatbuffer) / 2**20:.1f} MiB)")
+        if FLAGS.onnx:
+            out = onnx_export.write_onnx(model, path.parent / f"alexnet_v{path.name}.onnx",
+                                         lrn=config.get("lrn", "paper"), pool=config.get("pool", "overlapping"),
+                                         recipe=config.get("recipe", "paper"))
+            print(f"ONNX: {out}")
     except (export.ExportError, ValueError) as e:
         cli.error("alexnet-export", e)
         return 1

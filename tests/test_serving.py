@@ -1,0 +1,80 @@
+"""Serving speed (issue 13): the machine's limit, the ONNX writer the ONNX Runtime reference uses, the
+serving section and its targets. Timing itself is the benchmark's (alexnet-benchmark --sections=serving)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_tf import benchmark, onnx_export
+from alexnet_tf.model import build_alexnet
+from helpers import TINY
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(lrn="caffe"), dict(lrn=None, pool="non_overlapping"),
+                                     dict(towers=1), dict(image_size=70)],
+                         ids=["paper", "caffe_lrn", "no_lrn_non_overlapping", "one_tower", "padded_conv1"])
+def test_onnx_writer_expresses_every_variant_exactly(tmp_path, variant):
+    import onnxruntime
+
+    variant = {**TINY, **variant}
+    model = build_alexnet(variant.pop("num_classes"), seed=0, init_std=0.05, **variant)
+    path = onnx_export.write_onnx(model, tmp_path / "m.onnx", lrn=variant.get("lrn", "paper"),
+                                  pool=variant.get("pool", "overlapping"))
+    size = variant["image_size"]
+    x = np.random.default_rng(0).uniform(-60, 60, (4, size, size, 3)).astype(np.float32)
+    got = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    want = tf.nn.softmax(model(x, training=False)).numpy()
+    assert 0.11 < want.max() < 0.999  # neither uniform nor saturated: the comparison means something
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_onnx_writer_refuses_what_it_cannot_express(tmp_path):
+    model = build_alexnet(10, image_size=67, width=0.125, recipe="original_code")
+    with pytest.raises(onnx_export.OnnxExportError, match="recipe='original_code' is not supported"):
+        onnx_export.write_onnx(model, tmp_path / "m.onnx", recipe="original_code")
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_limit_is_the_larger_of_compute_and_reading_the_weights():
+    # 244 MB at 20 GB/s is 12.2 ms; 1.448 GFLOP at 500 GFLOP/s is 2.9 ms: memory-bound at batch 1.
+    one = benchmark.serving_floor(500, 20, 244e6, batch_size=1)
+    assert one["bound"] == "memory" and one["floor_s"] == pytest.approx(0.0122)
+    assert one["compute_s"] == pytest.approx(2 * 724e6 / 500e9)
+    many = benchmark.serving_floor(500, 20, 244e6, batch_size=64)
+    assert many["bound"] == "compute" and many["floor_s"] == pytest.approx(64 * 2 * 724e6 / 500e9)
+
+
+def test_serving_section_times_every_runtime_on_a_tiny_model():
+    rows = benchmark.serving_models(10, repeats=2, warmup=1, width=0.125, image_size=67, log=lambda _: None)
+    names = [r["model"].split()[0] for r in rows]
+    assert names == ["savedmodel", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8",
+                     "onnxruntime"]
+    for r in rows:
+        assert r["batch1"]["batch_size"] == 1 and r["batch64"]["batch_size"] == 64
+        assert r["batch1"]["median_s"] > 0 and r["batch64"]["images_per_s"] > 0
+    # The float32 runtimes compute the same function as Keras.
+    assert all(r["top1_agreement"] >= 0.95 for r in rows if r["model"].split()[0] in
+               ("savedmodel", "tflite_float32", "onnxruntime"))
+
+
+def test_serving_targets_are_judged_from_the_measurements():
+    from tools.benchmark import check_targets
+
+    def row(model, ms, per_s, agreement=1.0):
+        return {"model": model, "top1_agreement": agreement, "batch1": {"median_s": ms / 1e3},
+                "batch64": {"images_per_s": per_s}}
+
+    serving = {"floor": {"1": benchmark.serving_floor(500, 20, 244e6, 1),
+                         "64": benchmark.serving_floor(500, 20, 244e6, 64)},
+               "models": [row("savedmodel", 15.0, 330.0), row("tflite_int8", 6.0, 100.0, 0.98),
+                          row("onnxruntime 1.32.0", 21.0, 84.0)]}
+    targets = {t["target"]: t["met"] for t in check_targets({"serving": serving})}
+    assert targets["SavedModel fp32 batch-1 latency <= 1.5x the machine's limit"] is True       # 15 <= 18.3
+    assert targets["SavedModel fp32 batch-1 latency <= 0.8x ONNX Runtime's"] is True            # 15 <= 16.8
+    assert targets["TFLite int8 batch-1 latency at 1000 classes <= 1/3 the SavedModel's, >= 99% top-1 "
+                   "agreement"] is False                                                          # 6 > 5
+    assert targets["SavedModel batch-64 throughput >= 0.9 of the compute limit"] is True        # 330 >= 311
+    serving["models"][0] = row("savedmodel", 19.0, 300.0)
+    targets = {t["target"]: t["met"] for t in check_targets({"serving": serving})}
+    assert not targets["SavedModel fp32 batch-1 latency <= 1.5x the machine's limit"]
+    assert not targets["SavedModel batch-64 throughput >= 0.9 of the compute limit"]
