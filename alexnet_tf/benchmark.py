@@ -307,7 +307,7 @@ def serving_models(num_classes=1000, *, repeats=10, warmup=2, kinds=None, width=
     import numpy as np
     import tensorflow as tf
 
-    from alexnet_tf import export, onnx_export, predict
+    from alexnet_tf import export, predict
     from alexnet_tf.model import build_alexnet
     from alexnet_tf.placement import device_free
 
@@ -331,12 +331,14 @@ def serving_models(num_classes=1000, *, repeats=10, warmup=2, kinds=None, width=
             runners[f"tflite_{kind}"] = predict.Classifier(path).probabilities
         try:
             import onnxruntime
-        except ImportError:
-            log("onnxruntime is not installed: no ONNX Runtime row (pip install onnxruntime)")
+            log("converting to ONNX (tf2onnx)")
+            path = export.export_onnx(saved, os.path.join(tmp, "alexnet.onnx"))
+        except (ImportError, export.ExportError) as e:
+            log(f"no ONNX Runtime row: {e} (pip install 'alexnet_tf[onnx]')")
         else:
-            path = onnx_export.write_onnx(model, os.path.join(tmp, "alexnet.onnx"))
-            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-            runners[f"onnxruntime {onnxruntime.__version__}"] = lambda x: session.run(None, {"images": x})[0]
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            runners[f"onnxruntime {onnxruntime.__version__}"] = (
+                lambda x: session.run(["probabilities"], {"images": x})[0])
         for name, run in runners.items():
             log(f"timing {name}")
             probs = run(images)

@@ -211,6 +211,30 @@ def representative_images(config, count=100, seed=0):
     return [np.asarray(x, np.float32) for x in images]
 
 
+def export_onnx(savedmodel_path, path, *, opset=13):
+    """Converts the SavedModel's `preprocessed` signature (float32 NHWC images in; probabilities, top-5
+    indices and names out) to ONNX at `path` with tf2onnx (the optional extra `pip install
+    alexnet_tf[onnx]`), through a `.partial` file renamed when complete. Returns `path`."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tf2onnx") is None:
+        raise ExportError("ONNX export needs tf2onnx: pip install 'alexnet_tf[onnx]' (or pip install tf2onnx)")
+    partial = Path(f"{path}.partial")
+    # tf2onnx's command line is its supported way to convert a SavedModel signature.
+    proc = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(savedmodel_path),
+                           "--signature_def", "preprocessed", "--opset", str(opset), "--output", str(partial)],
+                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if proc.returncode != 0 or not partial.exists():
+        partial.unlink(missing_ok=True)
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        raise ExportError(f"ONNX export of {savedmodel_path} failed: {lines[-1] if lines else 'tf2onnx gave no reason'}")
+    partial.replace(path)
+    return Path(path)
+
+
 def _tflite_metadata(savedmodel_path):
     """The `<file>.tflite.json` sidecar's bytes: what `alexnet-predict` needs to preprocess and name classes."""
     assets = Path(savedmodel_path) / "assets"

@@ -214,7 +214,7 @@ def print_table(results):
         print(f"peak resident memory, training at batch {results['memory']['batch_size']}: "
               f"{results['memory']['peak_rss_bytes'] / 2**30:.2f} GiB")
     if results.get("targets"):
-        print("\ntargets (batch 128, paper model):")
+        print("\ntargets (the paper model; training at batch 128):")
         for t in results["targets"]:
             print(f"  [{'met' if t['met'] else 'NOT MET'}] {t['target']}: {t['measured']}")
 

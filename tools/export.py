@@ -4,6 +4,8 @@
     alexnet-export --workdir=W --export_dir=export/alexnet --tflite=float32,float16,dynamic,int8 --onnx
 """
 
+import importlib.util
+
 from absl import flags
 
 from tools import cli
@@ -17,8 +19,9 @@ flags.DEFINE_integer("version", None, "Version folder (default: one more than th
 flags.DEFINE_list("tflite", [], "TFLite variants to write beside the SavedModel, any of "
                   "float32,float16,dynamic,int8 (int8 is calibrated on training images).")
 flags.DEFINE_integer("calibration_images", 100, "Training images for int8 calibration.", lower_bound=1)
-flags.DEFINE_boolean("onnx", False, "Also write <export_dir>/alexnet_v<version>.onnx for ONNX Runtime (preprocessed "
-                     "float32 NHWC images in, probabilities out, like the TFLite files).")
+flags.DEFINE_boolean("onnx", False, "Also write <export_dir>/alexnet_v<version>.onnx for ONNX Runtime, converted "
+                     "from the SavedModel's 'preprocessed' signature by tf2onnx (pip install 'alexnet_tf[onnx]'): "
+                     "preprocessed float32 NHWC images in, probabilities and the top 5 out.")
 
 
 def main(argv):
@@ -26,7 +29,7 @@ def main(argv):
         cli.error("alexnet-export", f"unexpected arguments: {' '.join(argv[1:])}")
         return 2
     cli.start_tensorflow()
-    from alexnet_tf import export, onnx_export
+    from alexnet_tf import export
 
     unknown = [k for k in FLAGS.tflite if k not in export.TFLITE_KINDS]
     if unknown:
@@ -36,8 +39,8 @@ def main(argv):
     try:
         cli.check_folder("export_dir", FLAGS.export_dir)
         model, config, class_names = export.load_trained(FLAGS.workdir, FLAGS.checkpoint)
-        if FLAGS.onnx:  # before anything is written
-            onnx_export.check_supported(config.get("recipe", "paper"))
+        if FLAGS.onnx and importlib.util.find_spec("tf2onnx") is None:  # before anything is written
+            raise export.ExportError("--onnx needs tf2onnx: pip install 'alexnet_tf[onnx]' (or pip install tf2onnx)")
         path = export.export_savedmodel(model, class_names, config, FLAGS.export_dir, FLAGS.version)
         print(f"SavedModel: {path}")
         calibration = None
@@ -48,10 +51,7 @@ def main(argv):
             out = export.write_tflite(flatbuffer, path.parent / f"alexnet_v{path.name}_{kind}.tflite", path)
             print(f"TFLite {kind}: {out} ({len(flatbuffer) / 2**20:.1f} MiB)")
         if FLAGS.onnx:
-            out = onnx_export.write_onnx(model, path.parent / f"alexnet_v{path.name}.onnx",
-                                         lrn=config.get("lrn", "paper"), pool=config.get("pool", "overlapping"),
-                                         recipe=config.get("recipe", "paper"))
-            print(f"ONNX: {out}")
+            print(f"ONNX: {export.export_onnx(path, path.parent / f'alexnet_v{path.name}.onnx')}")
     except (export.ExportError, ValueError) as e:
         cli.error("alexnet-export", e)
         return 1
