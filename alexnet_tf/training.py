@@ -12,7 +12,6 @@ Nothing here reads flags; `tools/train.py` turns flags into a `TrainConfig`
 import contextlib
 import dataclasses
 import json
-import re
 import signal
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import config as config_lib, data, optim, placement, steps, summaries, workdir as workdir_lib
+from alexnet_tf import cluster, config as config_lib, data, optim, placement, steps, summaries, workdir as workdir_lib
 from alexnet_tf.model import build_alexnet
 
 
@@ -31,44 +30,6 @@ class NonFiniteLoss(RuntimeError):
 
 class Preempted(SystemExit):
     """SIGTERM or SIGINT arrived; a checkpoint was written before exiting (status 128 + the signal)."""
-
-
-class ClusterError(RuntimeError):
-    """A multi-worker run lost a worker (it died, or a collective timed out)."""
-
-
-# A collective that waits longer than this for a peer fails the step (a worker died or hangs).
-# Generous: the first step also waits for the slowest worker to trace and compile.
-COLLECTIVE_TIMEOUT_SECONDS = 300
-
-
-def make_strategy(config):
-    if config.strategy == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if config.strategy != "multi_worker":
-        return tf.distribute.get_strategy()
-    # Configured by the TF_CONFIG environment variable.
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS)
-    if not config.hybrid:
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    # One replica per worker, on its first GPU (or the CPU): the strategy makes one replica per GPU it is
-    # told of, and a resolver other than TFConfigClusterResolver is asked how many there are. The
-    # replica's towers then run on the devices `tower_devices` names (`build_state`).
-    tf_config = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-        tf_config.cluster_spec(), task_type=tf_config.task_type, task_id=tf_config.task_id,
-        rpc_layer=tf_config.rpc_layer or "grpc",
-        num_accelerators={"GPU": 1} if tf.config.list_physical_devices("GPU") else {})
-    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
-
-
-def _is_chief(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    return resolver.task_type in ("chief", None) or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict())
 
 
 def build_state(config, num_classes, strategy, run_epochs=None):
@@ -99,59 +60,14 @@ def build_state(config, num_classes, strategy, run_epochs=None):
     return {"model": model, "optimizer": optimizer, "step": step, "schedule": schedule, "checkpoint": checkpoint}
 
 
-def sync_from_chief(strategy, variables, chief):
-    """Sets every worker's copy of `variables` (the hybrid scheme's, one per worker) to the chief's: an
-    all-reduce of the chief's values and zeros elsewhere. Other state than float32 travels as float64
-    (exact for counters below 2^53), in a second all-reduce (one collective takes one dtype)."""
-    variables = [v.value if isinstance(v, keras.Variable) else v for v in variables]
-    groups = [[v for v in variables if v.dtype == tf.float32], [v for v in variables if v.dtype != tf.float32]]
-
-    def replica():
-        summed = []
-        for group in filter(None, groups):
-            # Copies on the replica's device: the collective needs one, and ops here get none by default.
-            with tf.device(strategy.extended.worker_devices[0]):
-                values = [tf.identity(tf.cast(v, tf.float32 if v.dtype == tf.float32 else tf.float64)) for v in group]
-                values = values if chief else [tf.zeros_like(x) for x in values]
-            summed += tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
-        return summed
-
-    @tf.function
-    def sync():
-        for v, x in zip([v for group in groups for v in group], strategy.run(replica)):
-            v.assign(tf.cast(strategy.experimental_local_results(x)[0], v.dtype))
-
-    sync()
-
-
-def _cluster_failure(error):
-    """A short reason for a collective's failure: which task stopped, when TF's message says."""
-    text = error.message or ""
-    if match := re.search(r"unhealthy[^\n]*\n\s*(/job:\S+)", text):
-        return f"{match.group(1)} stopped sending heartbeats"
-    lines = [line.strip() for line in text.splitlines()
-             if line.strip() and not line.startswith(("Graph execution error", "Detected at node"))]
-    return f"{type(error).__name__}: {lines[0][:200] if lines else 'no message'}"
-
-
-def _preemption_handler(strategy, state, manager, log):
-    """TF's PreemptionCheckpointHandler for a multi-worker run: when any worker gets SIGTERM (or SIGINT),
-    every worker checkpoints at the same step (`manager.save`) and exits with `Preempted`."""
+def _preempted_everywhere(state, log):
+    """The multi-worker exit after the coordinated checkpoint: one line, then `Preempted`."""
     def exit_fn():
         log(f"\npreempted (SIGTERM or SIGINT on a worker of the cluster): every worker checkpointed at step "
             f"{int(state['step'].numpy())}; exiting. Rerun the same command on every worker to resume.")
         raise Preempted(128 + signal.SIGTERM)
 
-    # The handler counts its calls from its own counter, restored from the checkpoint it finds in
-    # `manager`'s directory: a non-chief's is a scratch one, so the counts would differ between workers.
-    # With this attribute taken, the handler keeps its counter out of the checkpoint and every worker
-    # counts from 0 at every start; the step itself is `state["step"]`.
-    state["checkpoint"].checkpointed_runs = tf.Variable(0, dtype=tf.int64, trainable=False)
-    handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-        strategy.cluster_resolver, manager, termination_config=tf.distribute.experimental.TerminationConfig(
-            exit_fn=exit_fn))
-    signal.signal(signal.SIGINT, signal.getsignal(signal.SIGTERM))  # Ctrl-C on one worker: the same
-    return handler
+    return exit_fn
 
 
 def is_time(step, every, last_step):
@@ -263,8 +179,8 @@ def train(config, log=print):
     try:
         if config.cpu_devices:
             placement.split_cpu(config.cpu_devices)  # before the strategy starts TensorFlow's runtime
-        strategy = make_strategy(config)
-        chief = _is_chief(strategy)
+        strategy = cluster.make_strategy(config)
+        chief = cluster.is_chief(strategy)
         # One trainer per workdir: the chief holds the lock (multi-worker runs share the workdir).
         with workdir_lib.WorkdirLock(workdir) if chief else contextlib.nullcontext():
             return _train(config, strategy, chief, log)
@@ -327,7 +243,7 @@ def _train(config, strategy, chief, log):
     elif config.init_from:
         workdir_lib.initialize_from(state["model"], config.init_from, log)
     if config.hybrid:
-        sync_from_chief(strategy, state["model"].variables + state["optimizer"].variables + [state["step"]]
+        cluster.sync_from_chief(strategy, state["model"].variables + state["optimizer"].variables + [state["step"]]
                         + list(optim.checkpointed(state["schedule"]).variables), chief)
     manager = tf.train.CheckpointManager(state["checkpoint"], str(ckpt_dir), max_to_keep=3)
     if chief:
@@ -352,7 +268,7 @@ def _train(config, strategy, chief, log):
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if config.strategy == "multi_worker":  # all workers must stop at the same step: TF's handler
-            run.preemption = _preemption_handler(strategy, state, manager, log)
+            run.preemption = cluster.preemption_handler(strategy, state, manager, _preempted_everywhere(state, log))
         last_eval = _loop(run, start, preempted)
     except BaseException as e:
         if chief:
@@ -362,8 +278,8 @@ def _train(config, strategy, chief, log):
                 f"no space left on device while writing {workdir}; the last complete checkpoint is "
                 f"{manager.latest_checkpoint or 'none yet'}") from None
         if config.strategy == "multi_worker" and isinstance(e, tf.errors.OpError):
-            raise ClusterError(
-                f"lost contact with a worker of the cluster ({_cluster_failure(e)}); restart every worker with "
+            raise cluster.ClusterError(
+                f"lost contact with a worker of the cluster ({cluster.failure_reason(e)}); restart every worker with "
                 f"the same command to resume from the last checkpoint ({workdir / 'checkpoints'})") from None
         raise
     finally:

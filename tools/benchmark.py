@@ -116,7 +116,6 @@ def main(argv):
                                              ("float32", True), ("mixed_bfloat16", True))]
     if "finetune" in sections:
         log("timing fine-tuning steps")
-        from alexnet_tf import profiling
         flops = profiling.layer_flops(build_alexnet(1000), 1)
         full = bm.train_step(128, warmup=w, repeats=r)
         results["finetune"] = [{**bm.train_step(128, train_layers=layers, warmup=w, repeats=r),

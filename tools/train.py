@@ -12,7 +12,6 @@ when training on it, or to the fine-tuning recipe with --init_from
 (alexnet_tf/config.py).
 """
 
-import sys
 
 from absl import flags
 
@@ -137,12 +136,12 @@ def main(argv):
         return 2
 
     cli.start_tensorflow()
-    from alexnet_tf import export, training
+    from alexnet_tf import cluster, export, training
     from alexnet_tf.data import DatasetError
 
     try:
         result, _ = training.train(config)
-    except (DatasetError, training.NonFiniteLoss, training.ClusterError) as e:
+    except (DatasetError, training.NonFiniteLoss, cluster.ClusterError) as e:
         cli.error("alexnet-train", e)
         return 1
     except ValueError as e:  # a bad value that only the library could check (e.g. a missing device)

@@ -1,0 +1,101 @@
+"""Running on a cluster: the strategy for each kind of run, which worker is the chief, keeping the hybrid
+scheme's per-worker copies equal, coordinated preemption, and what a lost worker looks like.
+
+The hybrid scheme (`TrainConfig.hybrid`: the paper's towers on each worker's devices, data parallel
+across workers) is cuda-convnet2's; BUILD_NOTES.md, "Hybrid parallelism", says what TF 2.21 allows and
+why it is built this way.
+"""
+
+import re
+import signal
+
+import keras
+import tensorflow as tf
+
+
+class ClusterError(RuntimeError):
+    """A multi-worker run lost a worker (it died, or a collective timed out)."""
+
+
+# A collective that waits longer than this for a peer fails the step (a worker died or hangs).
+# Generous: the first step also waits for the slowest worker to trace and compile.
+COLLECTIVE_TIMEOUT_SECONDS = 300
+
+
+def make_strategy(config):
+    if config.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if config.strategy != "multi_worker":
+        return tf.distribute.get_strategy()
+    # Configured by the TF_CONFIG environment variable.
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS)
+    if not config.hybrid:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    # One replica per worker, on its first GPU (or the CPU): the strategy makes one replica per GPU it is
+    # told of, and a resolver other than TFConfigClusterResolver is asked how many there are. The
+    # replica's towers then run on the devices `tower_devices` names (`build_state`).
+    tf_config = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf_config.cluster_spec(), task_type=tf_config.task_type, task_id=tf_config.task_id,
+        rpc_layer=tf_config.rpc_layer or "grpc",
+        num_accelerators={"GPU": 1} if tf.config.list_physical_devices("GPU") else {})
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
+
+
+def is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in ("chief", None) or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def sync_from_chief(strategy, variables, chief):
+    """Sets every worker's copy of `variables` (the hybrid scheme's, one per worker) to the chief's: an
+    all-reduce of the chief's values and zeros elsewhere. Other state than float32 travels as float64
+    (exact for counters below 2^53), in a second all-reduce (one collective takes one dtype)."""
+    variables = [v.value if isinstance(v, keras.Variable) else v for v in variables]
+    groups = [[v for v in variables if v.dtype == tf.float32], [v for v in variables if v.dtype != tf.float32]]
+
+    def replica():
+        summed = []
+        for group in filter(None, groups):
+            # Copies on the replica's device: the collective needs one, and ops here get none by default.
+            with tf.device(strategy.extended.worker_devices[0]):
+                values = [tf.identity(tf.cast(v, tf.float32 if v.dtype == tf.float32 else tf.float64)) for v in group]
+                values = values if chief else [tf.zeros_like(x) for x in values]
+            summed += tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
+        return summed
+
+    @tf.function
+    def sync():
+        for v, x in zip([v for group in groups for v in group], strategy.run(replica)):
+            v.assign(tf.cast(strategy.experimental_local_results(x)[0], v.dtype))
+
+    sync()
+
+
+def failure_reason(error):
+    """A short reason for a collective's failure: which task stopped, when TF's message says."""
+    text = error.message or ""
+    if match := re.search(r"unhealthy[^\n]*\n\s*(/job:\S+)", text):
+        return f"{match.group(1)} stopped sending heartbeats"
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.startswith(("Graph execution error", "Detected at node"))]
+    return f"{type(error).__name__}: {lines[0][:200] if lines else 'no message'}"
+
+
+def preemption_handler(strategy, state, manager, exit_fn):
+    """TF's PreemptionCheckpointHandler for a multi-worker run: when any worker gets SIGTERM (or SIGINT),
+    every worker checkpoints at the same step (`manager.save`), then calls `exit_fn` (which raises)."""
+    # The handler counts its calls from its own counter, restored from the checkpoint it finds in
+    # `manager`'s directory: a non-chief's is a scratch one, so the counts would differ between workers.
+    # With this attribute taken, the handler keeps its counter out of the checkpoint and every worker
+    # counts from 0 at every start; the step itself is `state["step"]`.
+    state["checkpoint"].checkpointed_runs = tf.Variable(0, dtype=tf.int64, trainable=False)
+    handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+        strategy.cluster_resolver, manager, termination_config=tf.distribute.experimental.TerminationConfig(
+            exit_fn=exit_fn))
+    signal.signal(signal.SIGINT, signal.getsignal(signal.SIGTERM))  # Ctrl-C on one worker: the same
+    return handler
