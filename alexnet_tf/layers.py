@@ -135,6 +135,16 @@ def _band_matmul_lrn(x, *, n, k, alpha, beta):
     return tf.autograph.experimental.do_not_convert(lrn)(x)
 
 
+def _check_normalization(layer, window_arg, window, centred_on, **constants):
+    """The checks both normalization layers make of their window and constants, each error naming the layer."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
+        raise ValueError(f"{layer}: {window_arg} must be a positive odd integer (the window is centred on each "
+                         f"{centred_on}), got {window_arg}={window!r}")
+    for arg, value in constants.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{layer}: {arg} must be a non-negative number, got {arg}={value!r}")
+
+
 @keras.saving.register_keras_serializable(package="alexnet_tf")
 class LocalResponseNormalization(keras.layers.Layer):
     """Local response normalization across channels, Section 3.3 of the paper.
@@ -156,13 +166,7 @@ class LocalResponseNormalization(keras.layers.Layer):
 
     def __init__(self, n=5, k=2.0, alpha=1e-4, beta=0.75, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1 or n % 2 == 0:
-            raise ValueError(f"LocalResponseNormalization: n must be a positive odd integer "
-                             f"(the window is centred on each channel), got n={n!r}")
-        for arg, value in (("k", k), ("alpha", alpha), ("beta", beta)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"LocalResponseNormalization: {arg} must be a non-negative number, "
-                                 f"got {arg}={value!r}")
+        _check_normalization("LocalResponseNormalization", "n", n, "channel", k=k, alpha=alpha, beta=beta)
         self.n = n
         self.k = float(k)
         self.alpha = float(alpha)
@@ -261,13 +265,7 @@ class SameMapResponseNormalization(keras.layers.Layer):
 
     def __init__(self, size=5, k=1.0, alpha=0.001 / 25, beta=0.75, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
-            raise ValueError(f"SameMapResponseNormalization: size must be a positive odd integer "
-                             f"(the window is centred on each pixel), got size={size!r}")
-        for arg, value in (("k", k), ("alpha", alpha), ("beta", beta)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"SameMapResponseNormalization: {arg} must be a non-negative number, "
-                                 f"got {arg}={value!r}")
+        _check_normalization("SameMapResponseNormalization", "size", size, "pixel", k=k, alpha=alpha, beta=beta)
         self.size, self.k, self.alpha, self.beta = size, float(k), float(alpha), float(beta)
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
