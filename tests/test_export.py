@@ -195,17 +195,18 @@ def test_ten_crop_and_features_and_neighbours(trained, held_out, tmp_path):
         (gallery / f.name).write_bytes(f.read_bytes())
     queries = held_out[:3]
     sheet = tmp_path / "sheet.png"
-    proc = predict_cli("--model", trained["saved"], "--ten_crop", "--features", tmp_path / "f.npy",
+    # --json: the distances unrounded (the text output's two decimals made the comparison below flaky).
+    proc = predict_cli("--model", trained["saved"], "--ten_crop", "--features", tmp_path / "f.npy", "--json",
                        "--neighbors", 3, "--gallery", gallery, "--contact_sheet", sheet, *queries)
     assert proc.returncode == 0, proc.stderr
     assert np.load(tmp_path / "f.npy").shape == (3, 512)
-    nearest = [l for l in proc.stdout.splitlines() if " nearest: " in l]
+    nearest = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{") and '"neighbors"' in l]
     assert len(nearest) == 3
-    for query, line in zip(queries, nearest):
-        found = [item.split() for item in line.split(" nearest: ")[1].split(";")]
-        assert found[0][0].endswith(query.name)  # an image is its own nearest neighbour...
+    for query, row in zip(queries, nearest):
+        found = row["neighbors"]
+        assert row["file"].endswith(query.name) and found[0]["file"].endswith(query.name)  # its own nearest...
         # ...at distance ~0 (batches of other sizes round differently), far below the next one.
-        assert float(found[0][1]) < 0.05 * float(found[1][1]), found
+        assert found[0]["distance"] < 0.05 * found[1]["distance"], found
     image = Image.open(sheet)
     assert image.size == (4 * 96, 3 * 96)
 
