@@ -3,7 +3,9 @@
 Every exported graph is traced from `placement.device_free(model)` inside
 `layers.plain_ops()`: no op is pinned to a device, so it loads on any machine,
 soft placement on or off, and the LRN is made of ordinary ops rather than XLA
-functions, which TF Serving and the TFLite converter run.
+functions, which TF Serving and the TFLite converter run. The SavedModel (and
+the ONNX file converted from it) computes the FC layers with both towers merged
+(`inference_model`); TFLite keeps the towers, which is as fast in XNNPACK.
 Its signatures (fixed dtypes, any batch size):
 
 - `serving_default`: `image_bytes` (string [N]: JPEG or PNG of any size) ->
@@ -26,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import layers, preprocessing, workdir as workdir_lib
-from alexnet_tf.model import FEATURES_LAYER
+from alexnet_tf.model import FC_LAYERS, FEATURES_LAYER, POOL5_LAYER
 from alexnet_tf.placement import device_free
 
 TFLITE_KINDS = ("float32", "float16", "dynamic", "int8")
@@ -44,9 +46,37 @@ def load_trained(workdir, checkpoint=None):
         raise ExportError(str(e)) from None
 
 
+def inference_model(model):
+    """`model`'s function as the exported graphs compute it: each FC layer's two towers as one layer.
+
+    fc6_a and fc6_b read the same input (both towers' pool5), and so do fc7_a
+    and fc7_b (both towers' fc6), so each pair is one matmul with the towers'
+    kernels side by side, a's columns first, as the merges order them. At
+    batch 1 the FC layers only stream their weights from memory, and one
+    matmul of 151 MB streams them faster than two of 75 MB running
+    concurrently (BUILD_NOTES.md, "Serving speed"). The merged layers hold a
+    copy of the weights as they are now: export, don't train, through it. The
+    convolutions keep their towers (merging those was slower). A one-tower
+    model is returned as it is.
+    """
+    if "fc6_b" not in {layer.name for layer in model.layers}:
+        return model
+    x = keras.layers.Flatten(name="flatten6")(model.get_layer(POOL5_LAYER).output)
+    for name in FC_LAYERS:
+        a, b = model.get_layer(f"{name}_a"), model.get_layer(f"{name}_b")
+        merged = keras.layers.Dense(a.units + b.units, activation="relu", dtype=a.dtype_policy, name=name)
+        x = merged(x)
+        merged.set_weights([np.concatenate([a.kernel.numpy(), b.kernel.numpy()], axis=1),
+                            np.concatenate([a.bias.numpy(), b.bias.numpy()])])
+    features = keras.layers.Identity(name=FEATURES_LAYER)(x)
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(model.get_layer("fc8")(features))
+    return keras.Model(model.input, logits, name=model.name)
+
+
 class _Serving(tf.Module):
     def __init__(self, model, class_names, mean, crop, resize):
         super().__init__(name="alexnet_serving")
+        model = inference_model(model)
         self.classifier = device_free(model)
         self.extractor = device_free(keras.Model(model.input, model.get_layer(FEATURES_LAYER).output,
                                                  name=f"{model.name}_fc7"))

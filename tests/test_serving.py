@@ -30,6 +30,39 @@ def test_onnx_export_of_every_variant_runs_in_onnx_runtime_like_keras(tmp_path, 
     np.testing.assert_array_equal(top5[:, 0], want.argmax(1))
 
 
+def test_inference_model_merges_the_fc_towers_into_the_same_function(tmp_path):
+    import keras
+
+    from alexnet_tf.model import FEATURES_LAYER
+
+    model = build_alexnet(10, image_size=67, width=0.125, seed=0, init_std=0.05)
+    merged = export.inference_model(model)
+    names = {layer.name for layer in merged.layers}
+    assert {"fc6", "fc7", "fc8"} <= names and not names & {"fc6_a", "fc6_b", "fc7_a", "fc7_b"}
+    assert merged.count_params() == model.count_params()
+    x = np.random.default_rng(0).uniform(-60, 60, (4, 67, 67, 3)).astype(np.float32)
+    want = model(x, training=False).numpy()
+    assert np.abs(want).max() > 0.1  # not all zeros: the comparison means something
+    np.testing.assert_allclose(merged(x, training=False).numpy(), want, rtol=1e-5, atol=1e-5)
+    features = keras.Model(model.input, model.get_layer(FEATURES_LAYER).output)(x).numpy()
+    np.testing.assert_allclose(keras.Model(merged.input, merged.get_layer(FEATURES_LAYER).output)(x).numpy(),
+                               features, rtol=1e-5, atol=1e-5)
+    # The SavedModel stores each weight once (the towers' FC layers are not saved beside the merged ones)
+    # and its signatures compute the Keras model's function.
+    config = {"preset_values": {"image_size": 67, "resize": 76}, "statistics": {"mean": [0.0, 0.0, 0.0]}}
+    saved = export.export_savedmodel(model, [f"c{i}" for i in range(10)], config, tmp_path)
+    stored = sum(int(np.prod(shape)) for name, shape in tf.train.list_variables(str(saved / "variables" / "variables"))
+                 if name.endswith(".ATTRIBUTES/VARIABLE_VALUE"))
+    assert stored == model.count_params()
+    loaded = tf.saved_model.load(str(saved))
+    np.testing.assert_allclose(loaded.signatures["preprocessed"](images=tf.constant(x))["probabilities"].numpy(),
+                               tf.nn.softmax(want).numpy(), atol=1e-6)
+    np.testing.assert_allclose(loaded.signatures["features"](images=tf.constant(x))["fc7"].numpy(), features,
+                               rtol=1e-5, atol=1e-5)
+    one_tower = build_alexnet(10, image_size=67, width=0.125, seed=0, towers=1)
+    assert export.inference_model(one_tower) is one_tower
+
+
 def test_onnx_export_failure_is_one_line_and_leaves_nothing(tmp_path):
     (tmp_path / "not_a_savedmodel").mkdir()
     with pytest.raises(export.ExportError, match=r"^ONNX export of .*not_a_savedmodel failed: "):
