@@ -289,14 +289,24 @@ def memory_bandwidth(megabytes=512, *, warmup=2, repeats=5):
     return result
 
 
-def serving_floor(ceiling_gflops, bandwidth_gb_per_s, weight_bytes, batch_size=1):
+def serving_floor(ceiling_gflops, bandwidth_gb_per_s, weight_bytes, batch_size=1, *, fc_flop_per_image=0.0,
+                  fc_weight_bytes=0):
     """The machine's limit for one forward pass of `batch_size` images, in seconds: the compute
     (FLOPs at the matmul ceiling) or reading every weight once (at the measured bandwidth), whichever
-    is larger."""
+    is larger.
+
+    Given the FC layers' share (their FLOPs per image and weight bytes), also `layer_by_layer_s`: the
+    best a pass that runs one layer after another can do. The FC weights are needed only once the last
+    convolution is done, so such a pass cannot overlap the two: the convolutions at the ceiling, then
+    the FC layers at the slower of their compute and reading their weights."""
     compute = batch_size * FORWARD_FLOP_PER_IMAGE / (ceiling_gflops * 1e9)
     memory = weight_bytes / (bandwidth_gb_per_s * 1e9)
-    return {"compute_s": compute, "memory_s": memory, "floor_s": max(compute, memory),
-            "bound": "memory" if memory > compute else "compute"}
+    floor = {"compute_s": compute, "memory_s": memory, "floor_s": max(compute, memory),
+             "bound": "memory" if memory > compute else "compute"}
+    if fc_weight_bytes:
+        fc_compute = batch_size * fc_flop_per_image / (ceiling_gflops * 1e9)
+        floor["layer_by_layer_s"] = compute - fc_compute + max(fc_compute, fc_weight_bytes / (bandwidth_gb_per_s * 1e9))
+    return floor
 
 
 def serving_models(num_classes=1000, *, repeats=10, warmup=2, kinds=None, width=1.0, image_size=227, log=print):
