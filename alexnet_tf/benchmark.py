@@ -40,23 +40,32 @@ def step_flops(layer_flops, trained_layers=None):
             + sum(of(layer) for layer in WEIGHT_LAYERS[lowest + 1:]))
 
 
-def time_call(fn, *, warmup=2, repeats=5):
-    """Seconds per call of `fn()`: median, min and max over `repeats` calls after `warmup`.
+def time_calls(fns, *, warmup=2, repeats=5):
+    """Seconds per call of each function of `fns` (name -> function): median, min and max over `repeats`
+    calls after `warmup`, by name.
 
-    `fn` must block until its work is done (return a NumPy value, or call
-    `.numpy()` on the result), or the timing measures only dispatch.
+    The functions are called in turn, one call of each per round, so a slow spell of a shared machine
+    falls on all of them alike and their ratios hold. Each must block until its work is done (return a
+    NumPy value, or call `.numpy()` on the result), or the timing measures only dispatch.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    for _ in range(warmup):
-        fn()
-    times = []
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "repeats": repeats}
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "repeats": repeats}
+            for name, t in times.items()}
+
+
+def time_call(fn, *, warmup=2, repeats=5):
+    """Seconds per call of `fn()`: `time_calls` of one function."""
+    return time_calls({"fn": fn}, warmup=warmup, repeats=repeats)["fn"]
 
 
 def forward_pass(model, batch_size, *, warmup=2, repeats=5, seed=0):
@@ -220,14 +229,17 @@ def _peak_memory_child(batch_size, steps):
         print(1024 * int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))))
 
 
-def inference(predict_batch, batch_size, *, warmup=2, repeats=5, image_size=227, seed=0):
-    """Latency and throughput of `predict_batch(images)` (must block) on one random batch."""
+def inference(runners, batch_size, *, warmup=2, repeats=5, image_size=227, seed=0):
+    """Latency and throughput of each `runners[name](images)` (must block) on one random batch, by name,
+    the runners timed in turn (`time_calls`)."""
     import numpy as np
 
     images = np.random.default_rng(seed).uniform(-120, 120, (batch_size, image_size, image_size, 3)).astype(np.float32)
-    result = time_call(lambda: predict_batch(images), warmup=warmup, repeats=repeats)
-    result.update(batch_size=batch_size, images_per_s=batch_size / result["median_s"])
-    return result
+    results = time_calls({name: (lambda run=run: run(images)) for name, run in runners.items()},
+                         warmup=warmup, repeats=repeats)
+    for result in results.values():
+        result.update(batch_size=batch_size, images_per_s=batch_size / result["median_s"])
+    return results
 
 
 def inference_models(workdir, *, repeats=5, warmup=2, log=print):
@@ -262,15 +274,15 @@ def inference_models(workdir, *, repeats=5, warmup=2, log=print):
             export.write_tflite(export.export_tflite(model, kind, representative_images=calibration), path, saved)
             sizes[f"tflite_{kind}"] = os.path.getsize(path)
             runners[f"tflite_{kind}"] = predict.Classifier(path).probabilities
+        log(f"timing {', '.join(runners)}, in turn")
+        batch1 = inference(runners, 1, image_size=size, repeats=max(repeats, 10), warmup=warmup)
+        batch64 = inference(runners, 64, image_size=size, repeats=repeats, warmup=1)
         for name, run in runners.items():
-            log(f"timing {name}")
             probs = run(held_out)
-            row = {"model": name, "size_bytes": sizes.get(name),
-                   "top1_agreement": float(np.mean(probs.argmax(1) == reference.argmax(1))),
-                   "max_prob_diff": float(np.abs(probs - reference).max()),
-                   "batch1": inference(run, 1, image_size=size, repeats=max(repeats, 10), warmup=warmup),
-                   "batch64": inference(run, 64, image_size=size, repeats=repeats, warmup=1)}
-            rows.append(row)
+            rows.append({"model": name, "size_bytes": sizes.get(name),
+                         "top1_agreement": float(np.mean(probs.argmax(1) == reference.argmax(1))),
+                         "max_prob_diff": float(np.abs(probs - reference).max()),
+                         "batch1": batch1[name], "batch64": batch64[name]})
     return rows
 
 
@@ -349,13 +361,14 @@ def serving_models(num_classes=1000, *, repeats=10, warmup=2, kinds=None, width=
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             runners[f"onnxruntime {onnxruntime.__version__}"] = (
                 lambda x: session.run(["probabilities"], {"images": x})[0])
+        log(f"timing {', '.join(runners)}, in turn")
+        batch1 = inference(runners, 1, image_size=size, repeats=repeats, warmup=warmup)
+        batch64 = inference(runners, 64, image_size=size, repeats=max(3, repeats // 3), warmup=1)
         for name, run in runners.items():
-            log(f"timing {name}")
             probs = run(images)
             rows.append({"model": name, "num_classes": num_classes,
                          "top1_agreement": float(np.mean(probs.argmax(1) == reference.argmax(1))),
-                         "batch1": inference(run, 1, image_size=size, repeats=repeats, warmup=warmup),
-                         "batch64": inference(run, 64, image_size=size, repeats=max(3, repeats // 3), warmup=1)})
+                         "batch1": batch1[name], "batch64": batch64[name]})
     return rows
 
 

@@ -1,5 +1,7 @@
 """The benchmark's building blocks: timing, FLOP counting, the profile breakdown and the targets."""
 
+import time
+
 import pytest
 
 from alexnet_tf import benchmark, profiling
@@ -15,6 +17,16 @@ def test_time_call_runs_warmup_then_repeats_and_reports_their_spread():
     assert 0 <= result["min_s"] <= result["median_s"] <= result["max_s"]
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         benchmark.time_call(lambda: None, repeats=0)
+
+
+def test_time_calls_takes_turns_so_ratios_see_the_same_machine():
+    calls = []
+    results = benchmark.time_calls({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                   warmup=1, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-ups first, then one call of each per round
+    assert set(results) == {"a", "b"} and all(r["repeats"] == 3 for r in results.values())
+    slow = benchmark.time_calls({"fast": lambda: None, "slow": lambda: time.sleep(0.01)}, warmup=0, repeats=2)
+    assert slow["slow"]["min_s"] >= 0.01 > slow["fast"]["max_s"]  # each name keeps its own times
 
 
 @pytest.mark.heavy

@@ -227,3 +227,16 @@ def test_onnx_export_runs_in_onnx_runtime_like_keras(trained, held_out, tmp_path
     want = tf.nn.softmax(trained["model"](images, training=False)).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert (want.max(axis=1) < 0.99).sum() >= 10  # not only saturated outputs: the comparison means something
+
+
+def test_benchmark_inference_section_times_every_runtime_in_turn(trained):
+    """alexnet-benchmark --sections=inference on a trained workdir: Keras, SavedModel and each TFLite kind."""
+    from alexnet_tf import benchmark
+
+    rows = benchmark.inference_models(trained["root"] / "run", repeats=2, warmup=1, log=lambda _: None)
+    assert [r["model"] for r in rows] == ["keras", "savedmodel"] + [f"tflite_{k}" for k in export.TFLITE_KINDS]
+    for r in rows:
+        assert r["batch1"]["batch_size"] == 1 and r["batch64"]["batch_size"] == 64
+        assert r["batch1"]["median_s"] > 0 and r["batch64"]["images_per_s"] > 0
+    exact = {r["model"]: r for r in rows if r["model"] in ("keras", "savedmodel", "tflite_float32")}
+    assert all(r["top1_agreement"] == 1.0 and r["max_prob_diff"] < 1e-4 for r in exact.values()), exact
