@@ -40,25 +40,32 @@ def step_flops(layer_flops, trained_layers=None):
             + sum(of(layer) for layer in WEIGHT_LAYERS[lowest + 1:]))
 
 
-def time_calls(fns, *, warmup=2, repeats=5):
+def time_calls(fns, *, warmup=2, repeats=5, rounds=1):
     """Seconds per call of each function of `fns` (name -> function): median, min and max over `repeats`
-    calls after `warmup`, by name.
+    timed calls, by name.
 
-    The functions are called in turn, one call of each per round, so a slow spell of a shared machine
-    falls on all of them alike and their ratios hold. Each must block until its work is done (return a
-    NumPy value, or call `.numpy()` on the result), or the timing measures only dispatch.
+    The calls come in `rounds` rounds. In each, every function takes a turn: `warmup` untimed calls,
+    then its share of the timed ones. Rounds spread each function's timed calls over the whole
+    measurement, so a slow spell of a shared machine falls on all of them alike and their ratios hold;
+    the untimed calls let the runtime that went before settle (after a turn of ONNX Runtime, the
+    SavedModel's next few calls ran up to 1.5x slower: BUILD_NOTES.md, "Serving speed"). Each function
+    must block until its work is done (return a NumPy value, or call `.numpy()` on the result), or the
+    timing measures only dispatch.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+    if not 1 <= rounds <= repeats:
+        raise ValueError(f"rounds must be from 1 to repeats ({repeats}), got {rounds}")
     times = {name: [] for name in fns}
-    for _ in range(repeats):
+    for turn in range(rounds):
+        share = repeats // rounds + (turn < repeats % rounds)
         for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(warmup):
+                fn()
+            for _ in range(share):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "repeats": repeats}
             for name, t in times.items()}
 
@@ -229,17 +236,27 @@ def _peak_memory_child(batch_size, steps):
         print(1024 * int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))))
 
 
-def inference(runners, batch_size, *, warmup=2, repeats=5, image_size=227, seed=0):
+def inference(runners, batch_size, *, warmup=2, repeats=5, rounds=1, image_size=227, seed=0):
     """Latency and throughput of each `runners[name](images)` (must block) on one random batch, by name,
-    the runners timed in turn (`time_calls`)."""
+    the runners taking turns (`time_calls`)."""
     import numpy as np
 
     images = np.random.default_rng(seed).uniform(-120, 120, (batch_size, image_size, image_size, 3)).astype(np.float32)
     results = time_calls({name: (lambda run=run: run(images)) for name, run in runners.items()},
-                         warmup=warmup, repeats=repeats)
+                         warmup=warmup, repeats=repeats, rounds=rounds)
     for result in results.values():
         result.update(batch_size=batch_size, images_per_s=batch_size / result["median_s"])
     return results
+
+
+def latency_and_throughput(runners, image_size, *, repeats=10, warmup=2, log=print):
+    """(batch-1, batch-64) `inference` results of the runners, timed in five rounds at batch 1 and three
+    at batch 64, each turn after at least 6 (batch 1) or 1 (batch 64) untimed calls: the SavedModel took
+    about six batch-1 calls to recover its speed after ONNX Runtime's (BUILD_NOTES.md)."""
+    log(f"timing {', '.join(runners)}, taking turns")
+    batch1 = inference(runners, 1, image_size=image_size, repeats=max(repeats, 10), rounds=5, warmup=max(warmup, 6))
+    batch64 = inference(runners, 64, image_size=image_size, repeats=6, rounds=3, warmup=1)
+    return batch1, batch64
 
 
 def inference_models(workdir, *, repeats=5, warmup=2, log=print):
@@ -274,9 +291,7 @@ def inference_models(workdir, *, repeats=5, warmup=2, log=print):
             export.write_tflite(export.export_tflite(model, kind, representative_images=calibration), path, saved)
             sizes[f"tflite_{kind}"] = os.path.getsize(path)
             runners[f"tflite_{kind}"] = predict.Classifier(path).probabilities
-        log(f"timing {', '.join(runners)}, in turn")
-        batch1 = inference(runners, 1, image_size=size, repeats=max(repeats, 10), warmup=warmup)
-        batch64 = inference(runners, 64, image_size=size, repeats=repeats, warmup=1)
+        batch1, batch64 = latency_and_throughput(runners, size, repeats=repeats, warmup=warmup, log=log)
         for name, run in runners.items():
             probs = run(held_out)
             rows.append({"model": name, "size_bytes": sizes.get(name),
@@ -361,9 +376,7 @@ def serving_models(num_classes=1000, *, repeats=10, warmup=2, kinds=None, width=
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             runners[f"onnxruntime {onnxruntime.__version__}"] = (
                 lambda x: session.run(["probabilities"], {"images": x})[0])
-        log(f"timing {', '.join(runners)}, in turn")
-        batch1 = inference(runners, 1, image_size=size, repeats=repeats, warmup=warmup)
-        batch64 = inference(runners, 64, image_size=size, repeats=max(3, repeats // 3), warmup=1)
+        batch1, batch64 = latency_and_throughput(runners, size, repeats=repeats, warmup=warmup, log=log)
         for name, run in runners.items():
             probs = run(images)
             rows.append({"model": name, "num_classes": num_classes,

@@ -21,10 +21,16 @@ def test_time_call_runs_warmup_then_repeats_and_reports_their_spread():
 
 def test_time_calls_takes_turns_so_ratios_see_the_same_machine():
     calls = []
-    results = benchmark.time_calls({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                   warmup=1, repeats=3)
-    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-ups first, then one call of each per round
-    assert set(results) == {"a", "b"} and all(r["repeats"] == 3 for r in results.values())
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    results = benchmark.time_calls(fns, warmup=1, repeats=5, rounds=2)
+    # Two rounds; in each, a turn of each function: one untimed call, then its share (3, then 2) of the timed ones.
+    assert calls == ["a"] * 4 + ["b"] * 4 + ["a"] * 3 + ["b"] * 3
+    assert set(results) == {"a", "b"} and all(r["repeats"] == 5 for r in results.values())
+    calls.clear()
+    benchmark.time_calls(fns, warmup=2, repeats=3)  # one round: time_call's order, function by function
+    assert calls == ["a"] * 5 + ["b"] * 5
+    with pytest.raises(ValueError, match=r"rounds must be from 1 to repeats \(3\), got 4"):
+        benchmark.time_calls(fns, repeats=3, rounds=4)
     slow = benchmark.time_calls({"fast": lambda: None, "slow": lambda: time.sleep(0.01)}, warmup=0, repeats=2)
     assert slow["slow"]["min_s"] >= 0.01 > slow["fast"]["max_s"]  # each name keeps its own times
 

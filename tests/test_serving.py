@@ -125,7 +125,12 @@ def test_serving_targets_are_judged_from_the_measurements():
     assert targets["TFLite int8 batch-1 latency at 1000 classes <= 1/3 the SavedModel's, >= 99% top-1 "
                    "agreement"] is False                                                          # 6 > 5
     assert targets["SavedModel batch-64 throughput >= 0.9 of the compute limit"] is True        # 330 >= 311
+    assert "below the layer-by-layer floor" not in measured["SavedModel fp32 batch-1 latency <= 0.8x ONNX Runtime's"]
     serving["models"][0] = row("savedmodel", 19.0, 300.0)
+    serving["models"][2] = row("onnxruntime 1.32.0", 17.0, 84.0)  # 0.8 x 17 = 13.6 ms < 14.4: no pass can get there
+    measured = {t["target"]: t["measured"] for t in check_targets({"serving": serving})}
+    assert ("0.8x ONNX Runtime's is 13.6 ms, below the layer-by-layer floor"
+            in measured["SavedModel fp32 batch-1 latency <= 0.8x ONNX Runtime's"])
     targets = {t["target"]: t["met"] for t in check_targets({"serving": serving})}
     assert not targets["SavedModel fp32 batch-1 latency <= 1.5x the machine's limit"]
     assert not targets["SavedModel batch-64 throughput >= 0.9 of the compute limit"]
