@@ -125,15 +125,21 @@ def train_step(batch_size, *, precision="float32", jit=False, warmup=2, repeats=
     return result
 
 
-def matmul_ceiling(n=4096, *, warmup=2, repeats=5):
-    """GFLOP/s of one large float32 tf.matmul: the machine's practical fp32 ceiling."""
+def _matmul_probe(n=4096):
+    """(a blocking call of one n x n x n float32 tf.matmul, its FLOPs)."""
     import tensorflow as tf
 
     a = tf.random.normal((n, n), seed=1)
     b = tf.random.normal((n, n), seed=2)
     mm = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
-    result = time_call(lambda: mm().numpy(), warmup=warmup, repeats=repeats)
-    result["gflops"] = 2 * n ** 3 / result["median_s"] / 1e9
+    return (lambda: mm().numpy()), 2 * n ** 3
+
+
+def matmul_ceiling(n=4096, *, warmup=2, repeats=5):
+    """GFLOP/s of one large float32 tf.matmul: the machine's practical fp32 ceiling."""
+    call, flop = _matmul_probe(n)
+    result = time_call(call, warmup=warmup, repeats=repeats)
+    result["gflops"] = flop / result["median_s"] / 1e9
     return result
 
 
@@ -305,14 +311,20 @@ def inference_models(workdir, *, repeats=5, warmup=2, log=print):
 FORWARD_FLOP_PER_IMAGE = 2 * 724e6
 
 
-def memory_bandwidth(megabytes=512, *, warmup=2, repeats=5):
-    """GB/s of reading one large float32 tensor once (a sum over it): what reading the weights costs."""
+def _read_probe(megabytes=512):
+    """(a blocking call that reads one float32 tensor of `megabytes` once (a sum over it), its bytes)."""
     import tensorflow as tf
 
     x = tf.random.uniform((megabytes * 2**20 // 4,), seed=3)
     total = tf.function(lambda: tf.reduce_sum(x))
-    result = time_call(lambda: total().numpy(), warmup=warmup, repeats=repeats)
-    result["gb_per_s"] = megabytes * 2**20 / result["median_s"] / 1e9
+    return (lambda: total().numpy()), megabytes * 2**20
+
+
+def memory_bandwidth(megabytes=512, *, warmup=2, repeats=5):
+    """GB/s of reading one large float32 tensor once (a sum over it): what reading the weights costs."""
+    call, nbytes = _read_probe(megabytes)
+    result = time_call(call, warmup=warmup, repeats=repeats)
+    result["gb_per_s"] = nbytes / result["median_s"] / 1e9
     return result
 
 
@@ -336,11 +348,18 @@ def serving_floor(ceiling_gflops, bandwidth_gb_per_s, weight_bytes, batch_size=1
     return floor
 
 
-def serving_models(num_classes=1000, *, repeats=10, warmup=2, kinds=None, width=1.0, image_size=227, log=print):
+def serving_models(num_classes=1000, *, repeats=10, warmup=2, kinds=None, width=1.0, image_size=227, matmul_n=4096,
+                   read_megabytes=512, log=print):
     """Batch-1 latency and batch-64 throughput of the untrained paper model (`num_classes` outputs) as
     the SavedModel's `preprocessed` signature, each TFLite variant and, when onnxruntime is installed, the
     same network in ONNX Runtime; each with its top-1 agreement with Keras on random images (weak
-    evidence for an untrained model: the trained-model agreement is the `inference` section's)."""
+    evidence for an untrained model: the trained-model agreement is the `inference` section's).
+
+    The machine's matmul ceiling (`matmul_n`) and memory bandwidth (`read_megabytes`) take turns with
+    the models in the same rounds, so the limit they give is measured in the same minutes as the models
+    (on a shared host, the bandwidth alone measured 31-41 GB/s in separate runs). Returns {"models":
+    rows, "probes": {"1": {"gflops", "gb_per_s"}, "64": {...}}}, the probes of each batch size's rounds.
+    """
     import numpy as np
     import tensorflow as tf
 
@@ -376,13 +395,18 @@ def serving_models(num_classes=1000, *, repeats=10, warmup=2, kinds=None, width=
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             runners[f"onnxruntime {onnxruntime.__version__}"] = (
                 lambda x: session.run(["probabilities"], {"images": x})[0])
-        batch1, batch64 = latency_and_throughput(runners, size, repeats=repeats, warmup=warmup, log=log)
+        (matmul, flop), (read, nbytes) = _matmul_probe(matmul_n), _read_probe(read_megabytes)
+        probes = {"matmul ceiling": lambda _: matmul(), "memory read": lambda _: read()}
+        batch1, batch64 = latency_and_throughput({**runners, **probes}, size, repeats=repeats, warmup=warmup, log=log)
         for name, run in runners.items():
             probs = run(images)
             rows.append({"model": name, "num_classes": num_classes,
                          "top1_agreement": float(np.mean(probs.argmax(1) == reference.argmax(1))),
                          "batch1": batch1[name], "batch64": batch64[name]})
-    return rows
+    rates = {str(b): {"gflops": flop / timed["matmul ceiling"]["median_s"] / 1e9,
+                      "gb_per_s": nbytes / timed["memory read"]["median_s"] / 1e9}
+             for b, timed in ((1, batch1), (64, batch64))}
+    return {"models": rows, "probes": rates}
 
 
 if __name__ == "__main__":

@@ -92,7 +92,12 @@ def test_layer_by_layer_floor_adds_the_fc_weights_to_the_convolutions():
 
 
 def test_serving_section_times_every_runtime_on_a_tiny_model():
-    rows = benchmark.serving_models(10, repeats=2, warmup=1, width=0.125, image_size=67, log=lambda _: None)
+    served = benchmark.serving_models(10, repeats=2, warmup=1, width=0.125, image_size=67, matmul_n=256,
+                                      read_megabytes=8, log=lambda _: None)
+    # The limit's probes took turns with the models, at both batch sizes.
+    assert set(served["probes"]) == {"1", "64"}
+    assert all(p["gflops"] > 0 and p["gb_per_s"] > 0 for p in served["probes"].values())
+    rows = served["models"]
     names = [r["model"].split()[0] for r in rows]
     assert names == ["savedmodel", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8",
                      "onnxruntime"]

@@ -11,7 +11,7 @@ e2e (training that reads those JPEGs), inference (Keras, SavedModel, TFLite
 variants; needs a trained --workdir for the agreement figures), serving (batch-1
 latency and batch-64 throughput of the 1000-class paper model, untrained, as
 SavedModel, each TFLite variant and ONNX Runtime, against the machine's limit:
-its matmul ceiling and its memory bandwidth), memory (peak
+its matmul ceiling and memory bandwidth, timed in turn with the models), memory (peak
 resident memory of training at batch 128), profile (a TF profiler trace of the
 fp32 train step at batch 128 in --profile_dir, and the time per layer and pass
 read from it). Each figure is a median over --repeats runs after --warmup.
@@ -104,7 +104,7 @@ def main(argv):
     if "forward" in sections:
         model = build_alexnet(seed=0)
         results["forward"] = [bm.forward_pass(model, b, warmup=w, repeats=r) for b in forward_batches]
-    if "matmul" in sections or "train" in sections or "serving" in sections:
+    if "matmul" in sections or "train" in sections:
         results["matmul"] = bm.matmul_ceiling(warmup=w, repeats=r)
     if "train" in sections:
         log("timing train steps")
@@ -133,18 +133,17 @@ def main(argv):
     if "inference" in sections:
         results["inference"] = bm.inference_models(FLAGS.workdir, repeats=r, warmup=w, log=log)
     if "serving" in sections:
-        log("measuring memory bandwidth")
-        bandwidth = bm.memory_bandwidth(warmup=w, repeats=r)
         model = build_alexnet(1000)
         fc = {name: flop for name, flop in profiling.layer_flops(model, 1).items() if name.startswith("fc")}
         weight_bytes = 4 * model.count_params()
         fc_weight_bytes = 4 * sum(model.get_layer(name).count_params() for name in fc)
+        served = bm.serving_models(1000, repeats=max(r, 10), warmup=w, log=log)
         results["serving"] = {
-            "bandwidth": bandwidth, "weight_bytes": weight_bytes, "fc_weight_bytes": fc_weight_bytes,
-            "floor": {str(b): bm.serving_floor(results["matmul"]["gflops"], bandwidth["gb_per_s"], weight_bytes, b,
-                                               fc_flop_per_image=sum(fc.values()), fc_weight_bytes=fc_weight_bytes)
-                      for b in (1, 64)},
-            "models": bm.serving_models(1000, repeats=max(r, 10), warmup=w, log=log)}
+            "weight_bytes": weight_bytes, "fc_weight_bytes": fc_weight_bytes, "models": served["models"],
+            "probes": served["probes"],
+            "floor": {b: bm.serving_floor(p["gflops"], p["gb_per_s"], weight_bytes, int(b),
+                                          fc_flop_per_image=sum(fc.values()), fc_weight_bytes=fc_weight_bytes)
+                      for b, p in served["probes"].items()}}
     if "memory" in sections:
         log("measuring peak memory of training")
         results["memory"] = bm.peak_training_memory(128)
@@ -224,8 +223,10 @@ def print_table(results):
 
 def print_serving(serving):
     f1, f64 = serving["floor"]["1"], serving["floor"]["64"]
-    print(f"\nserving, paper model, 1000 classes (untrained): {serving['weight_bytes'] / 1e6:.0f} MB of fp32 weights, "
-          f"memory bandwidth {serving['bandwidth']['gb_per_s']:.1f} GB/s")
+    probes = serving["probes"]["1"]
+    print(f"\nserving, paper model, 1000 classes (untrained): {serving['weight_bytes'] / 1e6:.0f} MB of fp32 weights; "
+          f"measured in turn with the models: memory bandwidth {probes['gb_per_s']:.1f} GB/s, matmul ceiling "
+          f"{probes['gflops']:.0f} GFLOP/s ({serving['probes']['64']['gflops']:.0f} in the batch-64 rounds)")
     print(f"  limit at batch 1: {f1['floor_s'] * 1e3:.1f} ms ({f1['bound']}-bound: compute {f1['compute_s'] * 1e3:.1f} "
           f"ms, reading the weights {f1['memory_s'] * 1e3:.1f} ms); at batch 64: "
           f"{64 / f64['compute_s']:.0f} images/s (compute)")
