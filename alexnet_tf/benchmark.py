@@ -257,10 +257,10 @@ def inference(runners, batch_size, *, warmup=2, repeats=5, rounds=1, image_size=
 
 def latency_and_throughput(runners, image_size, *, repeats=10, warmup=2, log=print):
     """(batch-1, batch-64) `inference` results of the runners, timed in five rounds at batch 1 and three
-    at batch 64, each turn after at least 6 (batch 1) or 1 (batch 64) untimed calls: the SavedModel took
-    about six batch-1 calls to recover its speed after ONNX Runtime's (BUILD_NOTES.md)."""
+    at batch 64, each turn after at least 10 (batch 1) or 1 (batch 64) untimed calls: the SavedModel took
+    about six batch-1 calls (~70 ms) to recover its speed after ONNX Runtime's (BUILD_NOTES.md)."""
     log(f"timing {', '.join(runners)}, taking turns")
-    batch1 = inference(runners, 1, image_size=image_size, repeats=max(repeats, 10), rounds=5, warmup=max(warmup, 6))
+    batch1 = inference(runners, 1, image_size=image_size, repeats=max(repeats, 10), rounds=5, warmup=max(warmup, 10))
     batch64 = inference(runners, 64, image_size=image_size, repeats=6, rounds=3, warmup=1)
     return batch1, batch64
 
