@@ -320,14 +320,6 @@ def _read_probe(megabytes=512):
     return (lambda: total().numpy()), megabytes * 2**20
 
 
-def memory_bandwidth(megabytes=512, *, warmup=2, repeats=5):
-    """GB/s of reading one large float32 tensor once (a sum over it): what reading the weights costs."""
-    call, nbytes = _read_probe(megabytes)
-    result = time_call(call, warmup=warmup, repeats=repeats)
-    result["gb_per_s"] = nbytes / result["median_s"] / 1e9
-    return result
-
-
 def serving_floor(ceiling_gflops, bandwidth_gb_per_s, weight_bytes, batch_size=1, *, fc_flop_per_image=0.0,
                   fc_weight_bytes=0):
     """The machine's limit for one forward pass of `batch_size` images, in seconds: the compute
