@@ -350,16 +350,19 @@ def serving_models(num_classes=1000, *, repeats=10, warmup=2, kinds=None, width=
     The machine's matmul ceiling (`matmul_n`) and memory bandwidth (`read_megabytes`) take turns with
     the models in the same rounds, so the limit they give is measured in the same minutes as the models
     (on a shared host, the bandwidth alone measured 31-41 GB/s in separate runs). Returns {"models":
-    rows, "probes": {"1": {"gflops", "gb_per_s"}, "64": {...}}}, the probes of each batch size's rounds.
+    rows, "probes": {"1": {"gflops", "gb_per_s"}, "64": {...}}} (the probes of each batch size's rounds)
+    and what `serving_floor` needs of the timed model: "weight_bytes", "fc_weight_bytes",
+    "fc_flop_per_image".
     """
     import numpy as np
     import tensorflow as tf
 
-    from alexnet_tf import export, predict
+    from alexnet_tf import export, predict, profiling
     from alexnet_tf.model import build_alexnet
     from alexnet_tf.placement import device_free
 
     model = build_alexnet(num_classes, seed=0, width=width, image_size=image_size)
+    fc = {name: flop for name, flop in profiling.layer_flops(model, 1).items() if name.startswith("fc")}
     size = model.input_shape[1]
     rng = np.random.default_rng(0)
     images = rng.uniform(-120, 120, (64, size, size, 3)).astype(np.float32)
@@ -398,7 +401,9 @@ def serving_models(num_classes=1000, *, repeats=10, warmup=2, kinds=None, width=
     rates = {str(b): {"gflops": flop / timed["matmul ceiling"]["median_s"] / 1e9,
                       "gb_per_s": nbytes / timed["memory read"]["median_s"] / 1e9}
              for b, timed in ((1, batch1), (64, batch64))}
-    return {"models": rows, "probes": rates}
+    return {"models": rows, "probes": rates, "weight_bytes": 4 * model.count_params(),
+            "fc_weight_bytes": 4 * sum(model.get_layer(name).count_params() for name in fc),
+            "fc_flop_per_image": sum(fc.values())}
 
 
 if __name__ == "__main__":

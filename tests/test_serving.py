@@ -97,6 +97,13 @@ def test_serving_section_times_every_runtime_on_a_tiny_model():
     # The limit's probes took turns with the models, at both batch sizes.
     assert set(served["probes"]) == {"1", "64"}
     assert all(p["gflops"] > 0 and p["gb_per_s"] > 0 for p in served["probes"].values())
+    # The limit is computed from the model that was timed: its bytes, and the FC layers' share of them.
+    timed = build_alexnet(10, image_size=67, width=0.125)
+    assert served["weight_bytes"] == 4 * timed.count_params()
+    fc_params = sum(timed.get_layer(n).count_params() for n in ("fc6_a", "fc6_b", "fc7_a", "fc7_b", "fc8"))
+    assert served["fc_weight_bytes"] == 4 * fc_params
+    assert served["fc_flop_per_image"] == 2 * (fc_params - sum(timed.get_layer(n).bias.shape[0]
+                                                               for n in ("fc6_a", "fc6_b", "fc7_a", "fc7_b", "fc8")))
     rows = served["models"]
     names = [r["model"].split()[0] for r in rows]
     assert names == ["savedmodel", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8",

@@ -133,16 +133,12 @@ def main(argv):
     if "inference" in sections:
         results["inference"] = bm.inference_models(FLAGS.workdir, repeats=r, warmup=w, log=log)
     if "serving" in sections:
-        model = build_alexnet(1000)
-        fc = {name: flop for name, flop in profiling.layer_flops(model, 1).items() if name.startswith("fc")}
-        weight_bytes = 4 * model.count_params()
-        fc_weight_bytes = 4 * sum(model.get_layer(name).count_params() for name in fc)
         served = bm.serving_models(1000, repeats=max(r, 10), warmup=w, log=log)
         results["serving"] = {
-            "weight_bytes": weight_bytes, "fc_weight_bytes": fc_weight_bytes, "models": served["models"],
-            "probes": served["probes"],
-            "floor": {b: bm.serving_floor(p["gflops"], p["gb_per_s"], weight_bytes, int(b),
-                                          fc_flop_per_image=sum(fc.values()), fc_weight_bytes=fc_weight_bytes)
+            **served,
+            "floor": {b: bm.serving_floor(p["gflops"], p["gb_per_s"], served["weight_bytes"], int(b),
+                                          fc_flop_per_image=served["fc_flop_per_image"],
+                                          fc_weight_bytes=served["fc_weight_bytes"])
                       for b, p in served["probes"].items()}}
     if "memory" in sections:
         log("measuring peak memory of training")
