@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import preprocessing, pretrained, workdir as workdir_lib
+from alexnet_tf import checkpoints, config as config_lib, model as model_lib, runs, preprocessing, pretrained
 from alexnet_tf.model import POOL5_LAYER, build_alexnet
 
 
@@ -47,14 +47,16 @@ def AlexNet(weights=None, include_top=True, pooling=None, classes=1000, *, lrn="
     if weights is None:
         model = build_alexnet(classes, lrn=lrn, tower_devices=tower_devices, name=name)
     elif Path(weights).is_dir():
-        _, names = workdir_lib.read_config(weights)
+        _, names = runs.read_run(weights, flag="weights")
         if include_top and classes != len(names):
             raise ValueError(f"classes={classes}, but the weights in {weights} have {len(names)} classes")
-        model, _, _ = workdir_lib.load_model(weights, tower_devices=tower_devices, name=name, dropout=0.5)
+        model, _, _ = checkpoints.load_model(weights, flag="weights", inference=False, tower_devices=tower_devices,
+                                             name=name)
     else:
         if include_top and classes != 1000:
             raise ValueError(f"classes={classes}, but bvlc_alexnet has 1000 classes; use include_top=False")
-        model = pretrained.load_into(build_alexnet(1000, lrn="caffe", tower_devices=tower_devices, name=name),
+        bvlc = config_lib.ModelConfig.of_preset(**pretrained.BVLC_MODEL)
+        model = pretrained.load_into(model_lib.from_config(bvlc, tower_devices=tower_devices, name=name),
                                      pretrained.read_weights(weights))
     if include_top:
         return model

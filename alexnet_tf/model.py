@@ -17,19 +17,19 @@ import math
 import keras
 
 from alexnet_tf import placement
+from alexnet_tf.config import LRN_CHOICES, POOLS, RECIPES, WEIGHT_LAYERS
 
 PAPER_IMAGE_SIZE = 227
 # The smallest input that still leaves a 1x1 map after pool5.
 MIN_IMAGE_SIZE = 67
 TOWERS = ("a", "b")
-CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+CONV_LAYERS = WEIGHT_LAYERS[:5]
 FC_LAYERS = ("fc6", "fc7")
-WEIGHT_LAYERS = CONV_LAYERS + FC_LAYERS + ("fc8",)
 # The 4096-d fc7 activations of both towers (the paper's Figure 4 features).
 FEATURES_LAYER = "fc7_features"
 # Both towers' pool5, 6x6x256 at 227: where include_top=False ends.
 POOL5_LAYER = "merge6_a"
-# The normalization after conv1 and conv2 (`lrn=`):
+# The normalization after conv1 and conv2 (`lrn=`, one of config.LRN_CHOICES):
 # - "paper": the paper's constants (k=2, n=5, alpha=1e-4, beta=0.75), each
 #   tower normalizing its own channels, as each GPU did;
 # - "caffe": Caffe's bvlc_alexnet (k=1, alpha 1e-4 over n=5, i.e. TensorFlow's
@@ -38,20 +38,15 @@ POOL5_LAYER = "merge6_a"
 # - None: no normalization layers.
 LRN_CONSTANTS = {"paper": dict(n=5, k=2.0, alpha=1e-4, beta=0.75),
                  "caffe": dict(n=5, k=1.0, alpha=1e-4 / 5, beta=0.75)}
-LRN_CHOICES = ("paper", "caffe", None)
 # `recipe="original_code"`: the net as the 2012 code built it, where it differs from the paper's text
 # (computerhistory/AlexNet-Source-Code, layers/layers-145.cfg and layer-params-145.cfg; BUILD_NOTES.md):
 # - conv3-conv5 start with 3x the init std (`initW=0.03`, layers-145.cfg lines 143, 157, 172, 186, 200, 214);
 # - conv1 is normalized before its ReLU (conv1 has no `neuron`, pool1 has `neuron=relu`: lines 9-54);
 # - the cross-map LRN takes alpha over n (layer.py divides `scale=0.0001` by `size`, line 1183), k=2;
 # - a same-map response normalization follows conv2's (`cnorm2`, lines 107-117; params lines 157-163).
-RECIPES = ("paper", "original_code")
 ORIGINAL_CODE_LRN = dict(n=5, k=2.0, alpha=1e-4 / 5, beta=0.75)
 ORIGINAL_CODE_SAME_MAP = dict(size=5, k=1.0, alpha=0.001 / 25, beta=0.75)
 ORIGINAL_CODE_INIT_SCALE = {"conv3": 3.0, "conv4": 3.0, "conv5": 3.0}
-# Max-pooling after conv1, conv2 and conv5 (Section 3.4): "overlapping" is the paper's 3x3 windows every
-# 2 pixels; "non_overlapping" its comparison, 2x2 every 2 (the maps stay 55/27/13/6).
-POOL_CHOICES = {"overlapping": (3, 2), "non_overlapping": (2, 2)}
 
 
 def conv1_padding(image_size):
@@ -89,7 +84,7 @@ def _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, po
         raise ValueError(f"init_std must be a positive number, got {init_std!r}; the paper uses 0.01")
     if lrn not in LRN_CHOICES:
         raise ValueError(f"lrn must be one of 'paper', 'caffe' or None, got {lrn!r}")
-    if pool not in POOL_CHOICES:
+    if pool not in POOLS:
         raise ValueError(f"pool must be 'overlapping' or 'non_overlapping', got {pool!r}")
     if towers not in (1, 2) or isinstance(towers, bool):
         raise ValueError(f"towers must be 2 (the paper's net) or 1 (its one-GPU comparison net), got {towers!r}")
@@ -108,7 +103,7 @@ class _Layers:
     def __init__(self, devices, width, init_std, dropout, lrn, pool, recipe, seed):
         self.devices, self.width, self.init_std, self.dropout, self.lrn = devices, width, init_std, dropout, lrn
         self.original_code = recipe == "original_code"
-        self.pool_size, self.pool_stride = POOL_CHOICES[pool]
+        self.pool_size, self.pool_stride = POOLS[pool]
         # One seed per initializer and dropout layer, all derived from `seed`.
         self._seeds = itertools.count(seed) if seed is not None else None
 
@@ -203,7 +198,8 @@ def build_alexnet(num_classes=1000, *, image_size=PAPER_IMAGE_SIZE, tower_device
       recipe: "paper" (the text), or "original_code": the net as the 2012
         code built it (conv3-5 init 3x init_std, conv1 normalized before its
         ReLU, the code's LRN constants, an extra same-map normalization after
-        conv2's; see `RECIPES`). Same weights, same names.
+        conv2's; see `ORIGINAL_CODE_LRN` and the lines above it). Same weights,
+        same names.
       name: the model's name.
     """
     _check_args(num_classes, image_size, width, dropout, seed, init_std, lrn, pool, towers, recipe, name)
@@ -250,6 +246,16 @@ def _one_tower(make, num_classes, image_size, name):
     logits = placement.Dense(num_classes, name="fc8", device=make.devices["a"], **make.init(0.0))(features)
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
     return keras.Model(images, logits, name=name)
+
+
+def from_config(config, *, tower_devices=None, seed=None, inference=False, name="alexnet"):
+    """The network a `config.ModelConfig` describes (its `num_classes` set): the one place a model is built
+    from a configuration. `inference=True` leaves out dropout, which also leaves the model without the
+    seed-generator state that the TFLite converter cannot freeze."""
+    return build_alexnet(config.num_classes, image_size=config.image_size, width=config.width,
+                         init_std=config.init_std, dropout=0.0 if inference else config.dropout, lrn=config.lrn,
+                         pool=config.pool, towers=config.towers, recipe=config.recipe, tower_devices=tower_devices,
+                         seed=seed, name=name)
 
 
 def weight_layer_names():

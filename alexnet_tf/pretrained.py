@@ -18,7 +18,6 @@ imported model takes RGB like every model here. The weights expect Caffe's LRN
 (`lrn="caffe"`) and the ILSVRC-2012 mean, BGR (104.0, 116.7, 122.7).
 """
 
-import json
 import pickle
 import shutil
 import tempfile
@@ -205,9 +204,13 @@ def load_into(model, caffe):
 
 def imagenet_statistics():
     """The workdir statistics of an imported model: Caffe's mean (as RGB) and ImageNet's PCA basis."""
-    from alexnet_tf.data import IMAGENET_STATISTICS
+    from alexnet_tf.statistics import IMAGENET_STATISTICS
 
     return {**IMAGENET_STATISTICS, "mean": list(CAFFE_MEAN_BGR[::-1])}
+
+
+# The network bvlc_alexnet's weights are: the paper's two-tower net with Caffe's LRN, 1000 ImageNet classes.
+BVLC_MODEL = dict(preset="paper", lrn="caffe", num_classes=1000)
 
 
 def import_weights(weights, workdir, log=print):
@@ -216,24 +219,24 @@ def import_weights(weights, workdir, log=print):
     unless the whole import succeeds; an existing workdir is never written over."""
     import tensorflow as tf
 
-    from alexnet_tf.config import PRESETS
+    from alexnet_tf import config as config_lib, runs
     from alexnet_tf.data import imagenet_class_names
-    from alexnet_tf.model import build_alexnet
+    from alexnet_tf.model import from_config
 
     workdir = Path(workdir)
     if workdir.exists() and any(workdir.iterdir()):
         raise WeightsError(f"workdir={workdir}: exists and is not empty; import into a new workdir")
     caffe = read_weights(weights)
-    model = load_into(build_alexnet(1000, lrn="caffe", dropout=0.0), caffe)
+    model_config = config_lib.ModelConfig.of_preset(**BVLC_MODEL)
+    model = load_into(from_config(model_config, inference=True), caffe)
     workdir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{workdir.name}.", dir=workdir.parent))
     try:
-        config = {"preset": "paper", "preset_values": PRESETS["paper"], "lrn": "caffe", "dataset": "imagenet2012",
-                  "num_classes": 1000, "imported_from": str(Path(weights).resolve()),
-                  "weights_format": Path(weights).suffix.lower().lstrip("."), "seed": 0, "val_fraction": 0.05,
-                  "statistics": imagenet_statistics()}
-        (staging / "config.json").write_text(json.dumps(config, indent=2))
-        (staging / "classes.json").write_text(json.dumps(imagenet_class_names()[1], indent=1))
+        record = runs.RunRecord(
+            config=config_lib.TrainConfig(dataset="imagenet2012", workdir=str(workdir), model=model_config),
+            statistics=imagenet_statistics(), imported_from=str(Path(weights).resolve()),
+            weights_format=Path(weights).suffix.lower().lstrip("."))
+        runs.write_run(staging, record, imagenet_class_names()[1])
         manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(staging / "checkpoints"), 1)
         manager.save(checkpoint_number=0)  # the state file names it relative to its folder
         if workdir.exists():
