@@ -1,8 +1,8 @@
 """Folder datasets (one sub-folder per class) and the scan that finds bad files before training.
 
-Every file is checked once, as training will decode it: grayscale and CMYK JPEGs and PNGs named .JPEG are
-converted, empty, truncated and non-image files are skipped with the reason, and images whose header says
-they exceed `max_pixels` are refused unread (decompression bombs).
+Every file is checked once, as training will decode it (`images.check_image`): grayscale and CMYK JPEGs and
+PNGs named .JPEG are converted, empty, truncated and non-image files are skipped with the reason, and images
+whose header says they exceed `max_pixels` are refused unread (decompression bombs).
 """
 
 import concurrent.futures
@@ -13,64 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf.config import MAX_PIXELS
-from alexnet_tf.data import DatasetError, Source
-
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif")
-
-
-def image_size(path):
-    """(width, height) from the file's header, without decoding its pixels (Pillow reads headers
-    lazily); None when Pillow does not recognise the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    Image.MAX_IMAGE_PIXELS = None  # Pillow would raise on large sizes; the caller applies max_pixels itself
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None
-
-
-def check_image(path, max_pixels=MAX_PIXELS):
-    """(ok, note) for one file: decodes it fully, as training will, unless its header says it has
-    more than `max_pixels` pixels.
-
-    note is None for an ordinary RGB image, says what conversion the pipeline
-    applies to a usable odd one (grayscale, CMYK, a PNG named .JPEG), or why
-    an unusable file is skipped (empty, truncated, not an image).
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        return False, f"unreadable ({e.strerror})"
-    if not data:
-        return False, "empty file (0 bytes)"
-    size = image_size(path)
-    if size and size[0] * size[1] > max_pixels:
-        return False, (f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels exceeds the limit of {max_pixels:,} "
-                       f"(--max_pixels); not decoded")
-    try:
-        image = tf.io.decode_image(data, channels=0, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        reason = e.message.splitlines()[0]
-        if "Unknown image file format" in reason:
-            return False, "not an image"
-        return False, f"corrupt or truncated image ({reason})"
-    notes = []
-    is_jpeg = bool(tf.io.is_jpeg(data))
-    if is_jpeg:
-        channels = int(tf.image.extract_jpeg_shape(data)[2])
-        if channels == 4:
-            notes.append("CMYK JPEG converted to RGB")
-    else:
-        channels = int(image.shape[-1])
-        if Path(path).suffix.lower() in (".jpeg", ".jpg"):
-            notes.append("not a JPEG despite its name; decoded by content")
-    if channels == 1:
-        notes.append("grayscale converted to RGB")
-    elif channels == 2 or (channels == 4 and not is_jpeg):
-        notes.append("alpha channel dropped")
-    return True, "; ".join(notes) or None
+from alexnet_tf.images import check_image
+from alexnet_tf.sources import DatasetError, Source
 
 
 def _class_files(root):

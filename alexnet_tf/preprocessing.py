@@ -10,7 +10,11 @@ float32 RGB in [0, 255] until the mean is subtracted.
   1/2, and the "fancy PCA" colour augmentation.
 - Evaluation: the centre crop, or the ten views (four corners, centre, and
   their mirror images) whose softmax outputs the paper averages.
+- `Preprocessing`: the record of what an exported model expects (sizes, mean,
+  class names), stored beside it.
 """
+
+import dataclasses
 
 import tensorflow as tf
 
@@ -91,18 +95,20 @@ def ten_crop_offsets(size, crop):
 
 
 def ten_crops(image, crop, size=RESIZE):
-    """[10, crop, crop, 3]: the five patches of `ten_crop_offsets`, then the same five mirrored."""
+    """[10, crop, crop, 3] of a size x size image: the five patches of `ten_crop_offsets`, then the same five
+    mirrored."""
     patches = [image[top:top + crop, left:left + crop] for top, left in ten_crop_offsets(size, crop)]
     patches = tf.stack(patches)
     return tf.concat([patches, tf.image.flip_left_right(patches)], axis=0)
 
 
-def train_view(image_bytes, seed, *, crop, mean, eigval, eigvec, resize=RESIZE, pca_lighting=True, flip=True):
-    """Everything the paper does to a training image, minus batching. `seed`: shape [2] int.
-    `pca_lighting` and `flip` switch off the colour augmentation and the reflections (ablations);
-    `pca_lighting` may also be a boolean tensor (the colour noise switched off late in a run)."""
+def train_view(square, seed, *, crop, mean, eigval, eigvec, pca_lighting=True, flip=True):
+    """Everything the paper does to a training image after the central square (`decode_center_256`), minus
+    batching. `seed`: shape [2] int. `pca_lighting` and `flip` switch off the colour augmentation and the
+    reflections (ablations); `pca_lighting` may also be a boolean tensor (the colour noise switched off late
+    in a run)."""
     crop_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    image = random_crop_and_flip(decode_center_256(image_bytes, resize), crop, crop_seed, flip=flip)
+    image = random_crop_and_flip(square, crop, crop_seed, flip=flip)
     if isinstance(pca_lighting, bool):
         if pca_lighting:
             image = random_pca_lighting(image, eigval, eigvec, colour_seed)
@@ -111,7 +117,34 @@ def train_view(image_bytes, seed, *, crop, mean, eigval, eigvec, resize=RESIZE, 
     return image - tf.convert_to_tensor(mean, tf.float32)
 
 
-def eval_view(image_bytes, *, crop, mean, ten_crop=False, resize=RESIZE):
-    """The centre crop ([crop, crop, 3]) or the ten views ([10, crop, crop, 3]), mean subtracted."""
-    image = decode_center_256(image_bytes, resize) - tf.convert_to_tensor(mean, tf.float32)
-    return ten_crops(image, crop, resize) if ten_crop else center_crop(image, crop)
+def eval_view(square, *, crop, mean, ten_crop=False):
+    """The centre crop ([crop, crop, 3]) or the ten views ([10, crop, crop, 3]) of a central square, mean
+    subtracted."""
+    image = square - tf.convert_to_tensor(mean, tf.float32)
+    return ten_crops(image, crop, image.shape[0] or tf.shape(image)[0]) if ten_crop else center_crop(image, crop)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """What an exported model expects of its input and names its outputs by: the evaluation preprocessing's
+    sizes and mean, and the class names. alexnet-export stores it beside each model (`to_json`), and
+    alexnet-predict reads it back (`from_json`)."""
+    image_size: int
+    resize: int
+    mean: tuple
+    class_names: tuple
+
+    def view(self, image_bytes, ten_crop=False):
+        """The model's input for one encoded image: its central square, then the centre crop or ten views."""
+        return eval_view(decode_center_256(image_bytes, self.resize), crop=self.image_size, mean=self.mean,
+                         ten_crop=ten_crop)
+
+    def to_json(self):
+        return {"image_size": self.image_size, "resize": self.resize, "mean": list(self.mean),
+                "num_classes": len(self.class_names), "class_names": list(self.class_names)}
+
+    @classmethod
+    def from_json(cls, meta, class_names=None):
+        """From `to_json`'s dict; a KeyError names a missing field."""
+        return cls(image_size=int(meta["image_size"]), resize=int(meta["resize"]), mean=tuple(meta["mean"]),
+                   class_names=tuple(class_names if class_names is not None else meta["class_names"]))

@@ -1,0 +1,35 @@
+"""What every dataset becomes: a `Source` of stored images and labels, and the error for one that cannot be
+used. (`alexnet_tf.data` names and loads them; `alexnet_tf.folders` reads folder datasets.)"""
+
+import dataclasses
+
+from alexnet_tf import preprocessing
+
+
+class DatasetError(ValueError):
+    """A dataset name or folder that cannot be used; the message says why."""
+
+
+@dataclasses.dataclass
+class Source:
+    """A dataset as stored images: `train` and `validation` are `tf.data.Dataset`s of (stored image, int64
+    label), and `decode(image, size)` turns one stored image into what the pipelines crop: its central
+    square at size x size, float32 0..255. Stored images are encoded files (JPEG, PNG, ...) unless the
+    dataset says otherwise (a prepared one's are squares already, `alexnet_tf.prepared`)."""
+    name: str
+    class_names: list
+    train: object
+    validation: object
+    num_train: int
+    num_validation: int
+    # Files that could not be used, as (path, reason); folder datasets only.
+    skipped: list = dataclasses.field(default_factory=list)
+    # Files that were usable after conversion, as (path, what was done).
+    converted: list = dataclasses.field(default_factory=list)
+    decode: object = preprocessing.decode_center_256
+    # The mean and PCA colour basis to train with, where the dataset carries its own (a prepared one).
+    statistics: dict | None = None
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
