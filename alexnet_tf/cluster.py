@@ -86,14 +86,14 @@ def failure_reason(error):
     return f"{type(error).__name__}: {lines[0][:200] if lines else 'no message'}"
 
 
-def preemption_handler(strategy, state, manager, exit_fn):
+def preemption_handler(strategy, checkpoint, manager, exit_fn):
     """TF's PreemptionCheckpointHandler for a multi-worker run: when any worker gets SIGTERM (or SIGINT),
     every worker checkpoints at the same step (`manager.save`), then calls `exit_fn` (which raises)."""
     # The handler counts its calls from its own counter, restored from the checkpoint it finds in
     # `manager`'s directory: a non-chief's is a scratch one, so the counts would differ between workers.
     # With this attribute taken, the handler keeps its counter out of the checkpoint and every worker
-    # counts from 0 at every start; the step itself is `state["step"]`.
-    state["checkpoint"].checkpointed_runs = tf.Variable(0, dtype=tf.int64, trainable=False)
+    # counts from 0 at every start; the step itself is the TrainState's.
+    checkpoint.checkpointed_runs = tf.Variable(0, dtype=tf.int64, trainable=False)
     handler = tf.distribute.experimental.PreemptionCheckpointHandler(
         strategy.cluster_resolver, manager, termination_config=tf.distribute.experimental.TerminationConfig(
             exit_fn=exit_fn))

@@ -3,7 +3,11 @@
 `make_train_step` and `make_eval_step` return `tf.function`s that run one step
 on every replica of a `tf.distribute` strategy and return the sums over the
 global batch, as tensors: the caller decides when to read them back.
+`paper_train_step` is the trainer's step with the paper's optimizer, for
+measurements; `precision_policy` sets Keras' global policy for a block.
 """
+
+import contextlib
 
 import keras
 import tensorflow as tf
@@ -85,3 +89,26 @@ def make_eval_step(model, strategy, *, ten_crop=False):
         return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in out)
 
     return step
+
+
+@contextlib.contextmanager
+def precision_policy(policy):
+    """Keras' global precision policy set to `policy` (it must be set before a model is built), and the
+    previous one restored after."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def paper_train_step(model, batch_size, *, precision="float32", jit=False):
+    """The trainer's step for `model` with the paper's optimizer (lr 0.01, momentum 0.9, decay 5e-4), on the
+    default strategy: what the benchmark and the profile time. `precision` must be the global policy `model`
+    was built under."""
+    from alexnet_tf import optim
+
+    optimizer = optim.make_optimizer(model.trainable_variables, precision=precision)
+    return make_train_step(model, optimizer, global_batch_size=batch_size, strategy=tf.distribute.get_strategy(),
+                           jit=jit)

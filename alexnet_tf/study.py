@@ -10,7 +10,9 @@ import dataclasses
 import math
 from pathlib import Path
 
-# Each variant: the TrainConfig fields it changes from the paper's net.
+from alexnet_tf.config import MODEL_FLAGS
+
+# Each variant: the TrainConfig (and ModelConfig) fields it changes from the paper's net.
 VARIANTS = {
     "paper": {},
     "no_lrn": {"lrn": None},
@@ -36,7 +38,10 @@ def variant_config(base, name, root):
     """`base` (a TrainConfig) as variant `name`, training in <root>/<name>."""
     if name not in VARIANTS:
         raise ValueError(f"variants: unknown {name!r}; choose from {', '.join(VARIANTS)}")
-    return dataclasses.replace(base, workdir=str(Path(root) / name), **VARIANTS[name])
+    changes = VARIANTS[name]
+    model = dataclasses.replace(base.model, **{k: v for k, v in changes.items() if k in MODEL_FLAGS})
+    return dataclasses.replace(base, workdir=str(Path(root) / name), model=model,
+                               **{k: v for k, v in changes.items() if k not in MODEL_FLAGS})
 
 
 def run_study(base, variants, root, log=print):
@@ -47,9 +52,9 @@ def run_study(base, variants, root, log=print):
     rows = {}
     for i, name in enumerate(variants, 1):
         log(f"variant {i}/{len(variants)}: {name}")
-        result, state = training.train(variant_config(base, name, root), log=log)
+        result, run = training.train(variant_config(base, name, root), log=log)
         rows[name] = {"top1_error": result["validation_top1_error"], "top5_error": result["validation_top5_error"],
-                      "parameters": state["model"].count_params(),
+                      "parameters": run.state.model.count_params(),
                       **_curves(Path(root) / name)}
     write_report(rows, root)
     return rows
