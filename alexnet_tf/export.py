@@ -27,9 +27,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import layers, preprocessing, workdir as workdir_lib
+from alexnet_tf import checkpoints, layers, workdir as workdir_lib
+from alexnet_tf.runs import WorkdirError
 from alexnet_tf.model import FC_LAYERS, FEATURES_LAYER, POOL5_LAYER
 from alexnet_tf.placement import device_free
+from alexnet_tf.preprocessing import Preprocessing
 
 TFLITE_KINDS = ("float32", "float16", "dynamic", "int8")
 
@@ -38,12 +40,19 @@ class ExportError(ValueError):
     """A workdir, checkpoint or export option that cannot be used; the message says which."""
 
 
-def load_trained(workdir, checkpoint=None):
-    """(model, run config, class names) of a workdir (`alexnet_tf.workdir.load_model`), errors as ExportError."""
+def load_trained(workdir, checkpoint=None, log=print):
+    """(model, RunRecord, Preprocessing) of a workdir (`checkpoints.load_model`), errors as ExportError."""
     try:
-        return workdir_lib.load_model(workdir, checkpoint)
-    except workdir_lib.WorkdirError as e:
+        model, record, class_names = checkpoints.load_model(workdir, checkpoint, log)
+    except WorkdirError as e:
         raise ExportError(str(e)) from None
+    return model, record, preprocessing_of(record, class_names)
+
+
+def preprocessing_of(record, class_names):
+    """The Preprocessing a model trained as `record` (a runs.RunRecord) expects."""
+    return Preprocessing(image_size=record.model.image_size, resize=record.model.resize,
+                         mean=tuple(record.statistics["mean"]), class_names=tuple(class_names))
 
 
 def inference_model(model):
@@ -74,15 +83,15 @@ def inference_model(model):
 
 
 class _Serving(tf.Module):
-    def __init__(self, model, class_names, mean, crop, resize):
+    def __init__(self, model, preprocessing_record):
         super().__init__(name="alexnet_serving")
         model = inference_model(model)
         self.classifier = device_free(model)
         self.extractor = device_free(keras.Model(model.input, model.get_layer(FEATURES_LAYER).output,
                                                  name=f"{model.name}_fc7"))
-        self.class_names = tf.constant(class_names)
-        self.mean = tf.constant(mean, tf.float32)
-        self.crop, self.resize = crop, resize
+        self.class_names = tf.constant(list(preprocessing_record.class_names))
+        self.record = preprocessing_record
+        crop = preprocessing_record.image_size
         images = tf.TensorSpec([None, crop, crop, 3], tf.float32, name="images")
         self.serving_default = tf.function(self._from_bytes,
                                            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
@@ -97,8 +106,9 @@ class _Serving(tf.Module):
                 "top5_names": tf.gather(self.class_names, top.indices)}
 
     def _from_bytes(self, image_bytes):
-        images = tf.map_fn(lambda b: preprocessing.eval_view(b, crop=self.crop, resize=self.resize, mean=self.mean),
-                           image_bytes, fn_output_signature=tf.TensorSpec([self.crop, self.crop, 3], tf.float32))
+        crop = self.record.image_size
+        images = tf.map_fn(self.record.view, image_bytes, fn_output_signature=tf.TensorSpec([crop, crop, 3],
+                                                                                           tf.float32))
         return self._classify(images)
 
     def _features(self, images):
@@ -112,10 +122,10 @@ def next_version(export_dir):
     return max(existing, default=0) + 1
 
 
-def export_savedmodel(model, class_names, config, export_dir, version=None):
-    """Writes the SavedModel to `<export_dir>/<version>/` and returns that path."""
-    preset = workdir_lib.preset_values(config)
-    module = _Serving(model, class_names, config["statistics"]["mean"], preset["image_size"], preset["resize"])
+def export_savedmodel(model, preprocessing_record, export_dir, version=None):
+    """Writes the SavedModel of `model`, which expects `preprocessing_record` (a `Preprocessing`), to
+    `<export_dir>/<version>/` and returns that path."""
+    module = _Serving(model, preprocessing_record)
     path = Path(export_dir) / str(version or next_version(export_dir))
     if path.exists():
         raise ExportError(f"{path} exists already; TF Serving versions are never overwritten")
@@ -125,10 +135,9 @@ def export_savedmodel(model, class_names, config, export_dir, version=None):
     try:
         tf.saved_model.save(module, str(tmp), signatures=signatures)
         (tmp / "assets").mkdir(exist_ok=True)
-        (tmp / "assets" / "classes.txt").write_text("\n".join(class_names) + "\n")
-        (tmp / "assets" / "alexnet_tf.json").write_text(json.dumps(
-            {"image_size": preset["image_size"], "resize": preset["resize"], "mean": config["statistics"]["mean"],
-             "num_classes": len(class_names)}, indent=2))
+        meta = preprocessing_record.to_json()
+        (tmp / "assets" / "classes.txt").write_text("\n".join(meta.pop("class_names")) + "\n")
+        (tmp / "assets" / "alexnet_tf.json").write_text(json.dumps(meta, indent=2))
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind
         if workdir_lib.no_space(e):
@@ -138,21 +147,31 @@ def export_savedmodel(model, class_names, config, export_dir, version=None):
     return path
 
 
-def write_tflite(flatbuffer, path, savedmodel_path):
-    """Writes a .tflite and its .json sidecar, each under a temporary name renamed when complete, so a
-    truncated file never looks like a model."""
-    path = Path(path)
-    for target, content in ((path, flatbuffer), (Path(str(path) + ".json"), _tflite_metadata(savedmodel_path))):
-        tmp = target.with_name(target.name + ".partial")
-        try:
-            tmp.write_bytes(content)
-        except BaseException as e:
-            tmp.unlink(missing_ok=True)
-            if workdir_lib.no_space(e):
-                raise ExportError(f"no space left on device while writing {target}") from None
-            raise
-        tmp.replace(target)
-    return path
+def write_tflite(flatbuffer, path, preprocessing_record):
+    """Writes a .tflite and its .json sidecar (`preprocessing_record`, a `Preprocessing`), each under a
+    temporary name renamed when complete, so a truncated file never looks like a model."""
+    _write_whole(path, flatbuffer)
+    write_sidecar(path, preprocessing_record)
+    return Path(path)
+
+
+def write_sidecar(model_path, preprocessing_record):
+    """`<model file>.json`: what alexnet-predict needs to preprocess a file model's input and name its classes."""
+    _write_whole(f"{model_path}.json", json.dumps(preprocessing_record.to_json()).encode())
+
+
+def _write_whole(target, content):
+    """`content` at `target`, written under a temporary name and renamed when complete."""
+    target = Path(target)
+    tmp = target.with_name(target.name + ".partial")
+    try:
+        tmp.write_bytes(content)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if workdir_lib.no_space(e):
+            raise ExportError(f"no space left on device while writing {target}") from None
+        raise
+    tmp.replace(target)
 
 
 def export_tflite(model, kind, *, representative_images=None):
@@ -224,27 +243,30 @@ def _int8_with_float_lrn(converter, model, representative_images):
     return debugger.get_nondebug_quantized_model()
 
 
-def representative_images(config, count=100, seed=0):
-    """`count` training images, preprocessed for evaluation (centre crop), as float32 arrays."""
-    from alexnet_tf import data
+def representative_images(record, count=100):
+    """`count` training images of the run `record` (a runs.RunRecord) describes, preprocessed for
+    evaluation (centre crop), as float32 arrays."""
+    from alexnet_tf import data, pipelines
+    from alexnet_tf.sources import DatasetError
 
-    preset = workdir_lib.preset_values(config)
+    config = record.config
     try:
-        source = data.load_dataset(config["dataset"], config.get("data_dir"),
-                                   val_fraction=config.get("val_fraction", 0.05), seed=config.get("seed", 0))
-    except data.DatasetError as e:
+        source = data.load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
+                                   seed=config.seed)
+    except DatasetError as e:
         raise ExportError(f"tflite=int8 calibrates on training images of the model's dataset, which cannot be "
                           f"read here: {e}") from None
-    ds = data.eval_pipeline(source.train.take(count), config["statistics"], batch_size=count,
-                            crop=preset["image_size"], resize=preset["resize"])
+    ds = pipelines.eval_pipeline(source.train.take(count), record.statistics, batch_size=count,
+                                 crop=record.model.image_size, resize=record.model.resize, decode=source.decode)
     images = next(iter(ds))[0].numpy()
     return [np.asarray(x, np.float32) for x in images]
 
 
-def export_onnx(savedmodel_path, path, *, opset=13):
+def export_onnx(savedmodel_path, path, preprocessing_record, *, opset=13):
     """Converts the SavedModel's `preprocessed` signature (float32 NHWC images in; probabilities, top-5
     indices and names out) to ONNX at `path` with tf2onnx (the optional extra `pip install
-    alexnet_tf[onnx]`), through a `.partial` file renamed when complete. Returns `path`."""
+    alexnet_tf[onnx]`), through a `.partial` file renamed when complete, with the .json sidecar
+    (`preprocessing_record`) that alexnet-predict reads. Returns `path`."""
     import importlib.util
     import os
     import subprocess
@@ -262,12 +284,6 @@ def export_onnx(savedmodel_path, path, *, opset=13):
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
         raise ExportError(f"ONNX export of {savedmodel_path} failed: {lines[-1] if lines else 'tf2onnx gave no reason'}")
     partial.replace(path)
+    write_sidecar(path, preprocessing_record)
     return Path(path)
 
-
-def _tflite_metadata(savedmodel_path):
-    """The `<file>.tflite.json` sidecar's bytes: what `alexnet-predict` needs to preprocess and name classes."""
-    assets = Path(savedmodel_path) / "assets"
-    meta = json.loads((assets / "alexnet_tf.json").read_text())
-    meta["class_names"] = (assets / "classes.txt").read_text().splitlines()
-    return json.dumps(meta).encode()
