@@ -1,8 +1,8 @@
 """Where a train step's time goes: a TF profiler trace, read back per layer and pass.
 
-`profile_train_step` records the trace in a fresh process; `layer_breakdown`
-reads it (with xprof, TensorBoard's profile plugin) into milliseconds per
-(layer, pass); `profile` puts both together with each layer's GFLOP/s.
+`profile_train_step` records the trace in a fresh process (`python -m alexnet_tf.bench.profile` is the
+child); `layer_breakdown` reads it (with xprof, TensorBoard's profile plugin) into milliseconds per (layer,
+pass); `profile` puts both together with each layer's GFLOP/s (`flops.layer_flops` of the profiled model).
 """
 
 import json
@@ -23,7 +23,7 @@ def profile_train_step(logdir, batch_size=128, *, steps=3, precision="float32", 
 
     spec = dict(logdir=str(logdir), batch_size=batch_size, steps=steps, precision=precision, width=width,
                 image_size=image_size)
-    subprocess.run([sys.executable, "-m", "alexnet_tf.profiling", json.dumps(spec)], check=True,
+    subprocess.run([sys.executable, "-m", "alexnet_tf.bench.profile", json.dumps(spec)], check=True,
                    capture_output=True)
     return sorted(glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb"))
 
@@ -35,8 +35,8 @@ def _trace_child(logdir, batch_size, steps, precision, width, image_size):
     tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras
 
-    from alexnet_tf.benchmark import paper_train_step
     from alexnet_tf.model import build_alexnet
+    from alexnet_tf.steps import paper_train_step
 
     keras.mixed_precision.set_global_policy(precision)
     model = build_alexnet(1000, image_size=image_size, width=width, seed=0)
@@ -109,23 +109,9 @@ def layer_breakdown(xplane_paths, steps):
     return dict(times)
 
 
-def layer_flops(model, batch_size):
-    """Forward FLOPs (2 x multiply-adds) of each Conv2D and Dense layer of `model` for one batch."""
-    import keras
-
-    flops = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, h, w, c = layer.output.shape
-            kh, kw = layer.kernel_size
-            flops[layer.name] = 2 * h * w * c * kh * kw * layer.kernel.shape[2] * batch_size
-        elif isinstance(layer, keras.layers.Dense):
-            flops[layer.name] = 2 * layer.kernel.shape[0] * layer.kernel.shape[1] * batch_size
-    return flops
-
-
 def profile(logdir, steps=3, batch_size=128):
     """Per-layer forward and backward milliseconds per step, with each conv/fc layer's GFLOP/s."""
+    from alexnet_tf.bench.flops import layer_flops
     from alexnet_tf.model import build_alexnet
 
     paths = profile_train_step(logdir, batch_size, steps=steps)
@@ -145,5 +131,5 @@ def profile(logdir, steps=3, batch_size=128):
 
 
 if __name__ == "__main__":
-    # The child process of `profile_train_step`: python -m alexnet_tf.profiling '{"logdir": ..., ...}'.
+    # The child process of `profile_train_step`: python -m alexnet_tf.bench.profile '{"logdir": ..., ...}'.
     _trace_child(**json.loads(sys.argv[1]))

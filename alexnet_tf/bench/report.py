@@ -1,0 +1,103 @@
+"""The benchmark's results as a readable table (the tool's default output; --json prints them as they are)."""
+
+from alexnet_tf.bench.flops import ceiling_fraction
+
+_LINE = "{:<40}{:>7}{:>12}{:>18}{:>11}  {}"
+
+
+def _row(label, r, versus=""):
+    spread = f"{r['min_s'] * 1e3:.1f}..{r['max_s'] * 1e3:.1f}" if "min_s" in r else "-"
+    median = f"{r['median_s'] * 1e3:.1f}" if "median_s" in r else "-"
+    print(_LINE.format(label, r["batch_size"], median, spread, f"{r['images_per_s']:.1f}", versus))
+
+
+def print_table(results):
+    m = results["machine"]
+    print(f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPUs, TensorFlow {m['tensorflow']}")
+    ceiling = results.get("matmul", {}).get("gflops")
+    if ceiling:
+        print(f"fp32 matmul ceiling (4096x4096): {ceiling:.0f} GFLOP/s")
+    print(_LINE.format("measurement", "batch", "median ms", "min..max ms", "images/s", "vs"))
+    fp32 = _print_training(results, ceiling)
+    _print_input(results, fp32)
+    _print_inference(results)
+    if "serving" in results:
+        print_serving(results["serving"])
+    if "profile" in results:
+        print_profile(results["profile"])
+    if "memory" in results:
+        print(f"peak resident memory, training at batch {results['memory']['batch_size']}: "
+              f"{results['memory']['peak_rss_bytes'] / 2**30:.2f} GiB")
+    if results.get("targets"):
+        print("\ntargets (the paper model; training at batch 128):")
+        for t in results["targets"]:
+            print(f"  [{'met' if t['met'] else 'NOT MET'}] {t['target']}: {t['measured']}")
+
+
+def _print_training(results, ceiling):
+    """The forward, train, precision and fine-tuning rows; returns {batch size: fp32 images/s}."""
+    fp32 = {r["batch_size"]: r["images_per_s"] for r in results.get("train", []) if r["precision"] == "float32"}
+    for r in results.get("forward", []):
+        _row("forward, paper model, fp32", r)
+    for r in results.get("train", []) + results.get("precision", []):
+        versus = ""
+        if r["precision"] == "float32" and not r["jit"] and ceiling:
+            versus = f"{ceiling_fraction(r['images_per_s'], ceiling, r['flop_per_image']):.0%} of the ceiling"
+        elif fp32.get(r["batch_size"]):
+            versus = f"{r['images_per_s'] / fp32[r['batch_size']]:.2f}x fp32"
+        _row(f"train step, {r['precision']}{' + XLA' if r['jit'] else ''}", r, versus)
+    for r in results.get("finetune", []):
+        speedup = r["images_per_s"] / r["full_images_per_s"]
+        _row(f"fine-tune step, --train_layers={r['train_layers']}", r,
+             f"{speedup:.2f}x the full step ({speedup / r['flop_ratio']:.0%} of its {r['flop_ratio']:.2f}x FLOP ratio)")
+    return fp32
+
+
+def _print_input(results, fp32):
+    if "pipeline" in results:
+        _row("input pipeline alone (JPEG 500x375)", results["pipeline"])
+    if "e2e" in results:
+        e2e = results["e2e"]
+        _row("training from JPEGs, fp32", e2e,
+             f"{e2e['images_per_s'] / fp32[e2e['batch_size']]:.0%} of in-memory" if fp32.get(e2e["batch_size"]) else "")
+
+
+def _print_inference(results):
+    saved = next((r["batch1"]["median_s"] for r in results.get("inference", []) if r["model"] == "savedmodel"), None)
+    for r in results.get("inference", []):
+        size = f", {r['size_bytes'] / 2**20:.0f} MiB" if r["size_bytes"] else ""
+        _row(f"{r['model']}{size}", r["batch1"],
+             f"{r['batch1']['median_s'] / saved:.2f}x SavedModel latency" if saved and r["model"] != "savedmodel" else "")
+        _row(f"  top-1 agree {r['top1_agreement']:.1%}, max dp {r['max_prob_diff']:.1e}", r["batch64"])
+
+
+def print_profile(p):
+    print(f"\nprofile of the fp32 train step at batch {p['batch_size']} (ops one at a time, "
+          f"{p['step_ms']:.0f} ms/step; trace in {p['logdir']}):")
+    print("{:<14}{:>5}{:>10}{:>8}{:>10}".format("layer", "pass", "ms/step", "share", "GFLOP/s"))
+    for r in p["layers"]:
+        if r["ms_per_step"] >= 0.005 * p["step_ms"]:
+            print("{:<14}{:>5}{:>10.1f}{:>8.1%}{:>10}".format(
+                r["layer"], r["pass"], r["ms_per_step"], r["ms_per_step"] / p["step_ms"],
+                f"{r['gflops']:.0f}" if r["gflops"] else ""))
+
+
+def print_serving(serving):
+    f1, f64 = serving["floor"]["1"], serving["floor"]["64"]
+    probes = serving["probes"]["1"]
+    print(f"\nserving, 1000 classes (untrained): {serving['timed']['weight_bytes'] / 1e6:.0f} MB of fp32 weights, "
+          f"{serving['timed']['flop_per_image'] / 1e9:.2f} GFLOP per image; measured in turn with the models: "
+          f"memory bandwidth {probes['gb_per_s']:.1f} GB/s, matmul ceiling "
+          f"{probes['gflops']:.0f} GFLOP/s ({serving['probes']['64']['gflops']:.0f} in the batch-64 rounds)")
+    print(f"  limit at batch 1: {f1['floor_s'] * 1e3:.1f} ms ({f1['bound']}-bound: compute {f1['compute_s'] * 1e3:.1f} "
+          f"ms, reading the weights {f1['memory_s'] * 1e3:.1f} ms); at batch 64: "
+          f"{64 / f64['compute_s']:.0f} images/s (compute)")
+    if "layer_by_layer_s" in f1:
+        print(f"  layer by layer at best (the FC weights are read only after the last convolution): "
+              f"{f1['layer_by_layer_s'] * 1e3:.1f} ms at batch 1, {f1['layer_by_layer_s'] / f1['floor_s']:.2f}x the limit")
+    line = "  {:<26}{:>11}{:>14}{:>11}{:>13}{:>9}"
+    print(line.format("model", "batch-1 ms", "x the limit", "batch-64/s", "of compute", "top-1"))
+    for r in serving["models"]:
+        b1, b64 = r["batch1"]["median_s"], r["batch64"]["images_per_s"]
+        print(line.format(r["model"], f"{b1 * 1e3:.1f}", f"{b1 / f1['floor_s']:.2f}x", f"{b64:.1f}",
+                          f"{b64 / (64 / f64['compute_s']):.0%}", f"{r['top1_agreement']:.0%}"))

@@ -1,0 +1,57 @@
+"""The benchmark's sections, run in order into one results dict (what `alexnet-benchmark --json` prints),
+with the targets they allow judging."""
+
+import tempfile
+
+from alexnet_tf.bench import memory, pipeline, probes, profile, serving, targets, train
+
+SECTIONS = ("forward", "matmul", "train", "precision", "finetune", "pipeline", "e2e", "inference", "serving",
+            "memory", "profile")
+# The fine-tuning steps timed by the finetune section (--train_layers of alexnet-train).
+FINETUNE_LAYERS = (("fc6", "fc7", "fc8"), ("fc8",))
+# Mixed precision and XLA at batch 128: (policy, jit).
+PRECISIONS = (("mixed_bfloat16", False), ("mixed_float16", False), ("float32", True), ("mixed_bfloat16", True))
+
+
+def measure(sections, *, forward_batches=(1, 128), train_batches=(32, 128, 256), repeats=5, warmup=2, jpegs=512,
+            workdir=None, profile_dir=None, log=print):
+    """Runs each of `sections` (names from SECTIONS); returns {"machine", <section>: ..., "targets"}."""
+    from alexnet_tf.model import build_alexnet
+
+    r, w = repeats, warmup
+    results = {"machine": probes.machine()}
+    if "forward" in sections:
+        model = build_alexnet(seed=0)
+        results["forward"] = [train.forward_pass(model, b, warmup=w, repeats=r) for b in forward_batches]
+    if "matmul" in sections or "train" in sections:
+        results["matmul"] = probes.matmul_ceiling(warmup=w, repeats=r)
+    if "train" in sections:
+        log("timing train steps")
+        results["train"] = [train.train_step(b, warmup=w, repeats=r) for b in train_batches]
+    if "precision" in sections:
+        log("timing mixed precision and XLA")
+        results["precision"] = [train.train_step(128, precision=p, jit=j, warmup=w, repeats=r) for p, j in PRECISIONS]
+    if "finetune" in sections:
+        log("timing fine-tuning steps")
+        results["finetune"] = train.fine_tuning(FINETUNE_LAYERS, warmup=w, repeats=r)
+    if "pipeline" in sections or "e2e" in sections:
+        folder = tempfile.mkdtemp(prefix="alexnet_bench_jpegs_")
+        log(f"writing {jpegs} ImageNet-like JPEGs to {folder}")
+        pipeline.write_imagenet_like_jpegs(folder, jpegs)
+        if "pipeline" in sections:
+            results["pipeline"] = pipeline.pipeline_throughput(folder, 128)
+        if "e2e" in sections:
+            log("timing end-to-end training from JPEGs")
+            results["e2e"] = pipeline.end_to_end(folder, 128, steps=max(10, r))
+    if "inference" in sections:
+        results["inference"] = serving.inference_models(workdir, repeats=r, warmup=w, log=log)
+    if "serving" in sections:
+        results["serving"] = serving.serving_models(1000, repeats=max(r, 10), warmup=w, log=log)
+    if "memory" in sections:
+        log("measuring peak memory of training")
+        results["memory"] = memory.peak_training_memory(128)
+    if "profile" in sections:
+        log(f"profiling the fp32 train step at batch 128 into {profile_dir}")
+        results["profile"] = profile.profile(profile_dir)
+    results["targets"] = targets.check_targets(results)
+    return results
