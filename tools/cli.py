@@ -1,15 +1,17 @@
-"""What every alexnet-* entry point shares: absl's app.run, quiet by default, errors on one line.
+"""What every alexnet-* entry point shares: its own flags, --help, quiet by default, errors on one line.
 
-- `--help` lists the tool's own flags with their help and defaults, and exits 0
-  (absl's and TensorFlow's flags are under `--helpfull`).
-- Library chatter is off by default: TensorFlow's C++ start-up lines (oneDNN
-  notices, CUDA probes, the cuInit error on machines without a GPU) and absl
-  INFO lines of TFDS and the SavedModel writer. `--verbosity=0` (absl's own
-  flag; 1 and more for debug) brings them all back. Without it, a
-  TF_CPP_MIN_LOG_LEVEL you set still governs TensorFlow's later C++ lines.
-  Warnings still show.
-- A library error whose message starts with `name=value` names the flag of the
-  same name; `error` prints it as `--name=value`.
+Each tool defines its flags on its own `flags.FlagValues` (`FLAGS = cli.flag_values()`), and its
+`main(argv)` returns the exit status, so a test can run it in-process (`tests/helpers.run_tool`); `run` is
+the console script around it.
+
+- `--help` lists the tool's own flags with their help and defaults, and exits 0; `--helpfull` adds the
+  flags every tool has (`--verbosity`).
+- Library chatter is off by default: TensorFlow's C++ start-up lines (oneDNN notices, CUDA probes, the
+  cuInit error on machines without a GPU) and absl INFO lines of TFDS and the SavedModel writer.
+  `--verbosity=0` (1 and more for debug) brings them all back. Without it, a TF_CPP_MIN_LOG_LEVEL you set
+  still governs TensorFlow's later C++ lines. Warnings still show.
+- A library error whose message starts with `name=value` names the flag of the same name; `error` prints
+  it as `--name=value`.
 """
 
 import os
@@ -18,7 +20,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+
+def flag_values():
+    """A tool's own FlagValues, holding the flag every tool has."""
+    values = flags.FlagValues()
+    flags.DEFINE_integer("verbosity", None, "Show TensorFlow's and absl's own log lines: 0 for INFO, 1 and more "
+                         "for debug (default: only warnings, and none of TensorFlow's start-up lines).",
+                         flag_values=values)
+    return values
 
 
 def error(name, message):
@@ -64,51 +75,57 @@ def _import_tensorflow_quietly():
             os.close(saved)
 
 
-def _quiet_unless_asked():
-    """Hide TensorFlow's C++ log lines and absl INFO lines, unless --verbosity was given."""
-    if flags.FLAGS["verbosity"].present:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    flags.FLAGS.verbosity = logging.WARNING  # absl would raise it to INFO after parsing
-    logging.set_verbosity(logging.WARNING)
-
-
-def start_tensorflow():
+def start_tensorflow(values):
     """Imports TensorFlow (quietly unless --verbosity was given). Each tool calls it once its flags are
     checked, so a bad flag is reported before TensorFlow starts."""
-    if flags.FLAGS["verbosity"].present or "tensorflow" in sys.modules:
+    if values.verbosity is not None or "tensorflow" in sys.modules:
         import tensorflow  # noqa: F401
         return
     _import_tensorflow_quietly()
 
 
-def run(main, name, also_help=()):
-    """Runs `main` under absl; a bad flag value prints `<name>: error: ...` and exits with status 2.
-    `--help` lists the flags of main's module and of the modules named in `also_help`."""
-    module = sys.modules[main.__module__]
+def _set_verbosity(values):
+    """absl's and TensorFlow's log levels from --verbosity: quiet unless it was given."""
+    if values.verbosity is None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        logging.set_verbosity(logging.WARNING)
+    else:
+        logging.set_verbosity(values.verbosity)
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # absl's own flags: defaults, and no "logging before flag parsing" line
 
-    def parse_flags(argv):
-        if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
-            print((module.__doc__ or "").strip() + "\n")
-            # absl files a `python -m` main's flags under its script path.
-            for key in [sys.argv[0] if module.__name__ == "__main__" else module.__name__, *also_help]:
-                print(flags.FLAGS.module_help(key))
-            print("\nabsl's and TensorFlow's own flags: --helpfull")
-            sys.exit(0)
-        try:
-            rest = flags.FLAGS(argv)
-        except flags.Error as e:
-            print(f"{name}: error: {e}", file=sys.stderr)
-            sys.exit(2)
-        _quiet_unless_asked()
-        return rest
 
-    def main_without_traceback(argv):
-        try:
-            return main(argv)
-        except KeyboardInterrupt:  # Ctrl-C outside the training loop (which checkpoints and exits itself)
-            sys.stdout.write("\n")
-            print(f"{name}: interrupted", file=sys.stderr)
-            return 130
+def _help(values, doc, full):
+    print((doc or "").strip() + "\n")
+    for module, defined in values.flags_by_module_dict().items():
+        if full or module != __name__:
+            print(values.module_help(module))
+    if not full:
+        print("\n--helpfull also lists --verbosity, which every tool has")
 
-    app.run(main_without_traceback, flags_parser=parse_flags)
+
+def main(name, values, argv, body, doc):
+    """A tool's main: parses `argv` into `values` (a bad flag is one line and status 2; --help prints `doc`
+    and the flags, status 0), then returns `body(positional arguments)`, an exit status. Ctrl-C outside the
+    training loop (which checkpoints and exits itself) is one line and status 130."""
+    if any(a in ("--help", "-h", "--helpshort", "-?", "--helpfull") for a in argv[1:]):
+        _help(values, doc, "--helpfull" in argv[1:])
+        return 0
+    values.unparse_flags()
+    try:
+        rest = values(argv)
+    except flags.Error as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+    _set_verbosity(values)
+    try:
+        return body(rest[1:])
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def run(tool_main):
+    """The console script: `tool_main(sys.argv)` as the process's exit status."""
+    sys.exit(tool_main(sys.argv))

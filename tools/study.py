@@ -16,33 +16,38 @@ from absl import flags
 from alexnet_tf import config as cfg
 from alexnet_tf.study import VARIANTS
 from tools import cli
-from tools import train as train_tool  # alexnet-train's flags, applied to every variant
+from tools import train_flags  # alexnet-train's flags, applied to every variant
 
-FLAGS = flags.FLAGS
+FLAGS = cli.flag_values()
+train_flags.define(FLAGS)
 flags.DEFINE_list("variants", ["paper", "no_lrn", "non_overlapping_pool", "one_tower"],
                   f"The variants to train, in order, any of {','.join(VARIANTS)} (alexnet_tf/study.py). "
                   "--workdir is the study's folder (default: runs/study-<dataset>-<preset>): each variant "
-                  "trains in <workdir>/<variant>, and study.md and study.png go beside them.")
+                  "trains in <workdir>/<variant>, and study.md and study.png go beside them.", flag_values=FLAGS)
 
 
 def main(argv):
-    if len(argv) > 1:
-        cli.error("alexnet-study", f"unexpected arguments: {' '.join(argv[1:])}")
+    return cli.main("alexnet-study", FLAGS, argv, _study, __doc__)
+
+
+def _study(args):
+    if args:
+        cli.error("alexnet-study", f"unexpected arguments: {' '.join(args)}")
         return 2
     unknown = [v for v in FLAGS.variants if v not in VARIANTS]
     try:
         if unknown or not FLAGS.variants:
             raise ValueError(f"variants={','.join(FLAGS.variants)}: choose from {','.join(VARIANTS)}")
-        base = train_tool.config_from_flags()
-        root = FLAGS.workdir or f"runs/study-{cfg.slug(base.dataset)}-{base.preset}"
+        base = train_flags.config_from(FLAGS)
+        root = FLAGS.workdir or f"runs/study-{cfg.slug(base.dataset)}-{base.model.preset}"
         cli.check_folder("workdir", root)
     except ValueError as e:
         cli.error("alexnet-study", e)
         return 2
 
-    cli.start_tensorflow()
+    cli.start_tensorflow(FLAGS)
     from alexnet_tf import study, training
-    from alexnet_tf.data import DatasetError
+    from alexnet_tf.sources import DatasetError
 
     try:
         rows = study.run_study(base, FLAGS.variants, root)
@@ -59,7 +64,7 @@ def main(argv):
 
 
 def run():
-    cli.run(main, "alexnet-study", also_help=("tools.train",))
+    cli.run(main)
 
 
 if __name__ == "__main__":
