@@ -35,7 +35,8 @@ class Classifier:
         if path.is_dir():
             if not (path / "saved_model.pb").exists():
                 raise PredictError(f"model={path}: not a SavedModel directory (no saved_model.pb)")
-            self.preprocessing = _metadata(path, path / "assets" / "alexnet_tf.json",
+            meta = _read(path, path / "assets" / "alexnet_tf.json")  # first: it says what the model expects
+            self.preprocessing = _metadata(path, path / "assets" / "alexnet_tf.json", meta,
                                            class_names=_read(path, path / "assets" / "classes.txt").splitlines())
             try:
                 self._saved = tf.saved_model.load(str(path))
@@ -117,11 +118,11 @@ def _read(model, path):
                            f"(not written by alexnet-export, or incomplete)") from None
 
 
-def _metadata(model, path, class_names=None):
+def _metadata(model, path, text=None, class_names=None):
     """The Preprocessing alexnet-export writes beside a model (assets/alexnet_tf.json or the .tflite's .json
-    sidecar)."""
+    sidecar; `text`: its content, if already read)."""
     try:
-        meta = json.loads(_read(model, path))
+        meta = json.loads(text if text is not None else _read(model, path))
         return Preprocessing.from_json(meta, class_names)
     except ValueError as e:
         raise PredictError(f"model={model}: {path.name} is not valid JSON ({e})") from None

@@ -28,3 +28,23 @@ def shapes_folder(tmp_path_factory):
         path.parent.mkdir(exist_ok=True)
         Image.fromarray(pixels).resize((96, 96)).save(path, quality=90)
     return root
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """One data directory for the session: the shapes folder's statistics are computed once, here."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, shapes_folder, data_dir):
+    """A tiny run of 6 steps on the shapes folder with checkpoints at steps 2, 4 and 6: what the tests that
+    resume, damage, export or fine-tune a workdir start from (copy it before changing it). Returns its
+    workdir."""
+    from alexnet_tf import training
+    from helpers import tiny_config
+
+    workdir = tmp_path_factory.mktemp("tiny_run") / "run"
+    training.train(tiny_config(workdir, shapes_folder, data_dir, steps=6, ckpt_every=2, eval_every=6,
+                               val_fraction=0.05), log=lambda *_: None)
+    return workdir

@@ -4,6 +4,10 @@ snippets that need logical devices, and a free loopback port.
 Test modules import this (`from helpers import ...`); no test module imports another.
 """
 
+import contextlib
+import importlib
+import importlib.metadata
+import io
 import json
 import os
 import socket
@@ -21,13 +25,21 @@ TINY = dict(num_classes=10, image_size=67, width=0.125)
 
 
 def tiny_config(workdir, dataset_dir, data_dir, **overrides):
-    """A TrainConfig for a few steps of the tiny preset on a folder dataset."""
-    from alexnet_tf.config import TrainConfig
+    """A TrainConfig for a few steps of the tiny preset on a folder dataset (`overrides`: TrainConfig's fields
+    and the model's flags, as `runs.make_config` takes them)."""
+    from alexnet_tf.runs import make_config
 
     values = dict(dataset=f"folder:{dataset_dir}", data_dir=str(data_dir), workdir=str(workdir), preset="tiny",
                   batch_size=8, steps=4, eval_every=2, log_every=1, val_fraction=0.25, seed=0)
     values.update(overrides)
-    return TrainConfig(**values)
+    return make_config(**values)
+
+
+def tiny_preprocessing(num_classes=10, mean=(0.0, 0.0, 0.0)):
+    """The Preprocessing record an export of the tiny preset takes: 67-pixel crops of a 76-pixel square."""
+    from alexnet_tf.preprocessing import Preprocessing
+
+    return Preprocessing(image_size=67, resize=76, mean=tuple(mean), class_names=tuple(f"c{i}" for i in range(num_classes)))
 
 
 def subprocess_env(**extra):
@@ -35,9 +47,29 @@ def subprocess_env(**extra):
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), **extra}
 
 
-def cli(tool, *args, wait=True, timeout=300, env=None):
-    """Runs `python -m tools.<tool> args` from the checkout, as a user would run alexnet-<tool>:
-    a CompletedProcess, or with wait=False a running Popen."""
+def run_tool(tool, *args):
+    """Runs the console script of tools/<tool>.py (alexnet-train, alexnet-import, ...) in this process, as its
+    entry point does (`main(argv)`), with stdout and stderr captured: a CompletedProcess. Tests reach the tools
+    only through their console scripts, as users do."""
+    entry = next(e for e in importlib.metadata.entry_points(group="console_scripts") if e.module == f"tools.{tool}")
+    name, main = entry.name, importlib.import_module(entry.module).main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([name, *map(str, args)])
+        except SystemExit as e:  # the trainer's exit after a signal
+            code = e.code
+    return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
+
+
+def cli(tool, *args, wait=True, timeout=300, env=None, process=False):
+    """Runs alexnet-<tool> with `args` as a user would: in this process (`run_tool`) where what is tested is
+    what the tool says and does, or, with `process=True`, `wait=False` (a running Popen) or an `env` of its
+    own, as `python -m tools.<tool>` in a child process from the checkout, where the process itself is what is
+    tested (signals, the workdir lock, TensorFlow's start-up, flag checks before TensorFlow starts). Returns
+    a CompletedProcess (or the Popen)."""
+    if wait and not process and env is None:
+        return run_tool(tool, *args)
     command = [sys.executable, "-m", f"tools.{tool}", *map(str, args)]
     if env is None:  # a user's environment: the tool decides how quiet TensorFlow is
         env = subprocess_env()

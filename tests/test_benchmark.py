@@ -4,53 +4,57 @@ import time
 
 import pytest
 
-from alexnet_tf import benchmark, profiling
+from alexnet_tf.bench import flops, profile, serving, targets, timing, train
 from alexnet_tf.model import build_alexnet
 from helpers import TINY
+
+# Training FLOPs per image of the paper model: three times the forward pass's 724M multiply-adds, less
+# conv1's input gradient (nothing needs it): 2 * (3 * 724e6 - 105.4e6).
+TRAIN_FLOP_PER_IMAGE = 2 * (3 * 724e6 - 105.4e6)
 
 
 def test_time_call_runs_warmup_then_repeats_and_reports_their_spread():
     calls = []
-    result = benchmark.time_call(lambda: calls.append(1), warmup=3, repeats=4)
+    result = timing.time_call(lambda: calls.append(1), warmup=3, repeats=4)
     assert len(calls) == 7
     assert result["repeats"] == 4
     assert 0 <= result["min_s"] <= result["median_s"] <= result["max_s"]
     with pytest.raises(ValueError, match="repeats must be >= 1"):
-        benchmark.time_call(lambda: None, repeats=0)
+        timing.time_call(lambda: None, repeats=0)
 
 
 def test_time_calls_takes_turns_so_ratios_see_the_same_machine():
     calls = []
     fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    results = benchmark.time_calls(fns, warmup=1, repeats=5, rounds=2)
+    results = timing.time_calls(fns, warmup=1, repeats=5, rounds=2)
     # Two rounds; in each, a turn of each function: one untimed call, then its share (3, then 2) of the timed ones.
     assert calls == ["a"] * 4 + ["b"] * 4 + ["a"] * 3 + ["b"] * 3
     assert set(results) == {"a", "b"} and all(r["repeats"] == 5 for r in results.values())
     calls.clear()
-    benchmark.time_calls(fns, warmup=2, repeats=3)  # one round: time_call's order, function by function
+    timing.time_calls(fns, warmup=2, repeats=3)  # one round: time_call's order, function by function
     assert calls == ["a"] * 5 + ["b"] * 5
     with pytest.raises(ValueError, match=r"rounds must be from 1 to repeats \(3\), got 4"):
-        benchmark.time_calls(fns, repeats=3, rounds=4)
-    slow = benchmark.time_calls({"fast": lambda: None, "slow": lambda: time.sleep(0.01)}, warmup=0, repeats=2)
+        timing.time_calls(fns, repeats=3, rounds=4)
+    slow = timing.time_calls({"fast": lambda: None, "slow": lambda: time.sleep(0.01)}, warmup=0, repeats=2)
     assert slow["slow"]["min_s"] >= 0.01 > slow["fast"]["max_s"]  # each name keeps its own times
 
 
 @pytest.mark.heavy
 def test_layer_flops_add_up_to_the_papers_multiply_adds():
-    flops = profiling.layer_flops(build_alexnet(1000), batch_size=2)
+    per_layer = flops.layer_flops(build_alexnet(1000), batch_size=2)
     # conv1 of one tower: 55x55 outputs x 48 filters x 11x11x3 weights each.
-    assert flops["conv1_a"] == 2 * 55 * 55 * 48 * 11 * 11 * 3 * 2
-    assert flops["fc6_a"] == 2 * (6 * 6 * 256) * 2048 * 2
+    assert per_layer["conv1_a"] == 2 * 55 * 55 * 48 * 11 * 11 * 3 * 2
+    assert per_layer["fc6_a"] == 2 * (6 * 6 * 256) * 2048 * 2
     # The paper's network: about 724 million multiply-adds per image.
-    assert sum(flops.values()) / (2 * 2) == pytest.approx(724e6, rel=0.01)
+    assert sum(per_layer.values()) / (2 * 2) == pytest.approx(724e6, rel=0.01)
 
 
 def test_profile_of_a_train_step_names_every_layer_forward_and_backward(tmp_path):
     steps = 2
-    paths = profiling.profile_train_step(tmp_path / "profile", batch_size=4, steps=steps,
+    paths = profile.profile_train_step(tmp_path / "profile", batch_size=4, steps=steps,
                                          width=TINY["width"], image_size=TINY["image_size"])
     assert paths and all(p.endswith(".xplane.pb") for p in paths)
-    times = profiling.layer_breakdown(paths, steps)
+    times = profile.layer_breakdown(paths, steps)
     for tower in "ab":
         for layer in ("conv1", "norm1", "conv2", "norm2", "conv5", "fc6", "fc7"):
             for pass_ in ("fwd", "bwd"):
@@ -61,14 +65,14 @@ def test_profile_of_a_train_step_names_every_layer_forward_and_backward(tmp_path
 
 
 def _step(images_per_s, precision="float32", jit=False, batch_size=128):
-    return {"images_per_s": images_per_s, "precision": precision, "jit": jit, "batch_size": batch_size}
+    return {"images_per_s": images_per_s, "precision": precision, "jit": jit, "batch_size": batch_size,
+            "flop_per_image": TRAIN_FLOP_PER_IMAGE}
 
 
 def test_check_targets_judges_each_target_from_the_measurements():
-    from tools.benchmark import check_targets
-
+    check_targets = targets.check_targets
     # 100 GFLOP/s ceiling: 90% of it is 0.9e11 / TRAIN_FLOP_PER_IMAGE images/s.
-    at_90 = 0.9e11 / benchmark.TRAIN_FLOP_PER_IMAGE
+    at_90 = 0.9e11 / TRAIN_FLOP_PER_IMAGE
     results = {
         "matmul": {"gflops": 100.0},
         "train": [_step(at_90 * 0.5, batch_size=32), _step(at_90 * 1.01)],
@@ -88,12 +92,46 @@ def test_check_targets_judges_each_target_from_the_measurements():
 
 @pytest.mark.heavy
 def test_step_flops_of_the_full_step_and_of_fine_tuning():
-    flops = profiling.layer_flops(build_alexnet(1000), batch_size=1)
-    assert benchmark.step_flops(flops) == pytest.approx(benchmark.TRAIN_FLOP_PER_IMAGE, rel=0.01)
+    per_layer = flops.layer_flops(build_alexnet(1000), batch_size=1)
+    assert flops.step_flops(per_layer) == pytest.approx(TRAIN_FLOP_PER_IMAGE, rel=0.01)
     # fc6-fc8: the forward pass, the three layers' weight gradients, fc7's and fc8's input gradients.
-    fc = {layer: sum(f for n, f in flops.items() if n.startswith(layer)) for layer in ("fc6", "fc7", "fc8")}
-    assert benchmark.step_flops(flops, ("fc6", "fc7", "fc8")) == \
-        sum(flops.values()) + sum(fc.values()) + fc["fc7"] + fc["fc8"]
-    assert benchmark.step_flops(flops) / benchmark.step_flops(flops, ("fc6", "fc7", "fc8")) == \
+    fc = {layer: sum(f for n, f in per_layer.items() if n.startswith(layer)) for layer in ("fc6", "fc7", "fc8")}
+    assert flops.step_flops(per_layer, ("fc6", "fc7", "fc8")) == \
+        sum(per_layer.values()) + sum(fc.values()) + fc["fc7"] + fc["fc8"]
+    assert flops.step_flops(per_layer) / flops.step_flops(per_layer, ("fc6", "fc7", "fc8")) == \
         pytest.approx(2.57, abs=0.01)
-    assert benchmark.step_flops(flops, ("fc8",)) == sum(flops.values()) + fc["fc8"]
+    assert flops.step_flops(per_layer, ("fc8",)) == sum(per_layer.values()) + fc["fc8"]
+
+
+def test_the_serving_floor_takes_compute_and_bytes_from_the_model_that_is_timed():
+    """A half-width model has about a quarter of the paper model's FLOPs and weights: its floor must say so.
+    (Before the fix, the compute came from the paper model's constant 1.45 GFLOP whatever was timed.)"""
+    paper = build_alexnet(1000, seed=0)
+    half = build_alexnet(1000, seed=0, width=0.5)
+    timed = serving.floor_inputs(half)
+    assert timed["flop_per_image"] == sum(flops.layer_flops(half, 1).values())
+    assert timed["weight_bytes"] == 4 * half.count_params()
+    assert timed["flop_per_image"] < 0.5 * sum(flops.layer_flops(paper, 1).values())
+    floor = serving.floor(100.0, 10.0, timed, batch_size=64)
+    assert floor["compute_s"] == pytest.approx(64 * timed["flop_per_image"] / 100e9)
+    assert floor["memory_s"] == pytest.approx(timed["weight_bytes"] / 10e9)
+    assert floor["floor_s"] == max(floor["compute_s"], floor["memory_s"])
+    # Layer by layer: the convolutions at the ceiling, then the FC layers at their slower of compute and reading.
+    fc_compute = 64 * timed["fc_flop_per_image"] / 100e9
+    assert floor["layer_by_layer_s"] == pytest.approx(
+        floor["compute_s"] - fc_compute + max(fc_compute, timed["fc_weight_bytes"] / 10e9))
+
+
+def test_timing_a_train_step_restores_the_precision_policy_it_found():
+    """The benchmark times a step under its precision and then puts back the caller's policy (before the fix
+    it reset the policy to float32, so a mixed-precision caller silently lost its own)."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        result = train.train_step(2, precision="float32", warmup=0, repeats=1, width=TINY["width"],
+                                  image_size=TINY["image_size"])
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+        assert result["precision"] == "float32" and result["flop_per_image"] > 0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_tf import data, folders
+from alexnet_tf import data, folders, pipelines, preprocessing, statistics
+from alexnet_tf.config import EMBEDDED_DATASET
+from alexnet_tf.sources import DatasetError
 
 STATS = dict(mean=[120.0, 115.0, 100.0], eigval=[50.0, 5.0, 1.0], eigvec=np.eye(3).tolist())
 
@@ -62,14 +64,14 @@ def test_folder_dataset_converts_what_it_can_and_skips_the_rest(messy_folder):
     assert source.num_train + source.num_validation == 12 + len(converted)
 
     # Training runs through the whole folder, the converted files included.
-    batches = data.train_pipeline(source.train, STATS, batch_size=3, crop=67, seed=0, shuffle_buffer=20)
+    batches = pipelines.train_pipeline(source.train, STATS, batch_size=3, crop=67, seed=0, shuffle_buffer=20)
     seen = 0
     for images, labels in batches.take(10):
         assert images.shape == (3, 67, 67, 3) and np.isfinite(images.numpy()).all()
         assert set(labels.numpy()) <= {0, 1}
         seen += 1
     assert seen == 10
-    evals = list(data.eval_pipeline(source.validation, STATS, batch_size=4, crop=67))
+    evals = list(pipelines.eval_pipeline(source.validation, STATS, batch_size=4, crop=67))
     assert sum(len(l) for _, l in evals) == source.num_validation
 
 
@@ -109,13 +111,13 @@ def test_folder_errors_name_the_folder(tmp_path, layout, message):
     if layout == "unknown_val_class":
         save(root / "train" / "a" / "0.png", random_rgb(0), fmt="PNG")
         save(root / "val" / "zebra" / "0.png", random_rgb(0), fmt="PNG")
-    with pytest.raises(data.DatasetError, match=message) as e:
+    with pytest.raises(DatasetError, match=message) as e:
         data.load_dataset(f"folder:{root}")
     assert str(root) in str(e.value)
 
 
 def test_unknown_tfds_name_is_a_clear_error(tmp_path):
-    with pytest.raises(data.DatasetError, match="dataset=no_such_dataset_xyz"):
+    with pytest.raises(DatasetError, match="dataset=no_such_dataset_xyz"):
         data.load_dataset("no_such_dataset_xyz", str(tmp_path))
 
 
@@ -133,7 +135,8 @@ def test_compute_statistics_matches_numpy():
     arrays = np.clip(np.concatenate([base * 200 + 20, base * 150 + 40, base * 100 + rng.uniform(0, 60, base.shape)],
                                     -1), 0, 255).astype(np.uint8)
     encoded = [tf.io.encode_png(a).numpy() for a in arrays]
-    stats = data.compute_statistics(tf.data.Dataset.from_tensor_slices(encoded), pixels_per_image=256 * 256)
+    squares = tf.data.Dataset.from_tensor_slices(encoded).map(preprocessing.decode_center_256)
+    stats = statistics.compute_statistics(squares, pixels_per_image=256 * 256)
     pixels = arrays.reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(stats["mean"], pixels.mean(0), rtol=1e-4)
     eigval, eigvec = np.linalg.eigh(np.cov(pixels / 255, rowvar=False))
@@ -146,12 +149,12 @@ def test_statistics_are_stored_beside_the_dataset(tmp_path, messy_folder):
     root, _, _ = messy_folder
     source = folders.load_folder(str(root))
     logs = []
-    stats = data.dataset_statistics(source, str(tmp_path), log=logs.append)
+    stats = statistics.dataset_statistics(source, str(tmp_path), log=logs.append)
     stored = list((tmp_path / "alexnet_tf_statistics").glob("*.json"))
     assert len(stored) == 1 and json.loads(stored[0].read_text()) == stats
     assert np.array(stats["eigvec"]).shape == (3, 3) and len(stats["mean"]) == 3
     # The second call reads the file instead of recomputing.
-    assert data.dataset_statistics(source, str(tmp_path), log=logs.append) == stats
+    assert statistics.dataset_statistics(source, str(tmp_path), log=logs.append) == stats
     assert sum("computing" in line for line in logs) == 1
 
 
@@ -160,7 +163,7 @@ def test_deterministic_train_pipeline_is_reproducible(messy_folder):
     source = folders.load_folder(str(root))
 
     def first_batches(seed):
-        ds = data.train_pipeline(source.train, STATS, batch_size=4, crop=67, seed=seed, deterministic=True)
+        ds = pipelines.train_pipeline(source.train, STATS, batch_size=4, crop=67, seed=seed, deterministic=True)
         return [(x.numpy(), y.numpy()) for x, y in ds.take(3)]
 
     a, b, c = first_batches(5), first_batches(5), first_batches(6)
@@ -206,19 +209,19 @@ def test_imagenet2012_builds_offline_from_the_official_tars(tmp_path):
     # ILSVRC2012_val_00000001 is an alp (label 970) in the official ground truth.
     val_labels = [int(l) for _, l in source.validation.as_numpy_iterator()]
     assert sorted(val_labels) == sorted([970, 809, 65, 230])
-    assert data.dataset_statistics(source, str(tmp_path)) == data.IMAGENET_STATISTICS
+    assert statistics.dataset_statistics(source, str(tmp_path)) == statistics.IMAGENET_STATISTICS
 
     # One training step runs on the result (the tiny model with ImageNet's 1000 classes).
     from alexnet_tf import config as cfg, training
     config = cfg.TrainConfig(dataset="imagenet2012", data_dir=str(tmp_path), workdir=str(tmp_path / "run"),
-                             preset="tiny", batch_size=4, steps=1, eval_every=1)
+                             model=cfg.ModelConfig.of_preset("tiny"), batch_size=4, steps=1, eval_every=1)
     result, _ = training.train(config, log=lambda *_: None)
     assert result["step"] == 1 and np.isfinite(result["validation_loss"])
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["num_classes"] == 1000
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["num_classes"] == 1000
 
 
 def test_imagenet2012_without_tars_says_where_to_put_them(tmp_path):
-    with pytest.raises(data.DatasetError, match="ILSVRC2012_img_train.tar"):
+    with pytest.raises(DatasetError, match="ILSVRC2012_img_train.tar"):
         data.load_dataset("imagenet2012", str(tmp_path))
 
 
@@ -226,7 +229,7 @@ def test_imagenet2012_without_tars_says_where_to_put_them(tmp_path):
 def shapes_dir(tmp_path_factory):
     """The embedded dataset, generated once per test session."""
     directory = tmp_path_factory.mktemp("tfds")
-    data.load_dataset(data.EMBEDDED_DATASET, str(directory))
+    data.load_dataset(EMBEDDED_DATASET, str(directory))
     return directory
 
 
@@ -234,7 +237,7 @@ def shapes_dir(tmp_path_factory):
 def test_embedded_dataset_is_generated_offline_as_jpeg(shapes_dir):
     from alexnet_tf.datasets import shapes, shapes_render
 
-    source = data.load_dataset(data.EMBEDDED_DATASET, str(shapes_dir))
+    source = data.load_dataset(EMBEDDED_DATASET, str(shapes_dir))
     assert source.class_names == list(shapes_render.CLASS_NAMES)
     assert (source.num_train, source.num_validation) == (shapes.NUM_EXAMPLES["train"],
                                                          shapes.NUM_EXAMPLES["validation"])

@@ -80,8 +80,8 @@ from helpers import tiny_config
 from alexnet_tf import training
 config = tiny_config({workdir!r}, {dataset!r}, {data_dir!r}, strategy={strategy!r}, dropout=0.0,
                      deterministic=True, steps=4, batch_size=8, eval_every=4, seed=3)
-result, state = training.train(config, log=lambda *a: None)
-np.savez({out!r}, *[v.numpy() for v in state["model"].trainable_variables])
+result, run = training.train(config, log=lambda *a: None)
+np.savez({out!r}, *[v.numpy() for v in run.state.model.trainable_variables])
 """
 
 

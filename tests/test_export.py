@@ -1,17 +1,14 @@
 """Export a tiny trained model; SavedModel, TFLite and the predict CLI agree with Keras."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_tf import export, predict, preprocessing, training
+from alexnet_tf import export, predict, training
 from helpers import cli, run_with_devices as run, tiny_config
 
 
@@ -24,15 +21,16 @@ def trained(tmp_path_factory, shapes_folder):
     result, _ = training.train(config, log=lambda *_: None)
     # The agreement tests below only mean something for a model that learned.
     assert result["validation_accuracy"] >= 0.3, result
-    model, run_config, names = export.load_trained(root / "run")
-    saved = export.export_savedmodel(model, names, run_config, root / "export")
-    calibration = export.representative_images(run_config, 40)
+    model, record, prep = export.load_trained(root / "run")
+    saved = export.export_savedmodel(model, prep, root / "export")
+    calibration = export.representative_images(record, 40)
     tflite = {}
     for kind in export.TFLITE_KINDS:
         path = root / "export" / f"alexnet_v1_{kind}.tflite"
-        export.write_tflite(export.export_tflite(model, kind, representative_images=calibration), path, saved)
+        export.write_tflite(export.export_tflite(model, kind, representative_images=calibration), path, prep)
         tflite[kind] = path
-    return dict(root=root, model=model, config=run_config, names=names, saved=saved, tflite=tflite)
+    return dict(root=root, model=model, record=record, prep=prep, names=prep.class_names, saved=saved,
+                tflite=tflite)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +45,7 @@ def held_out(tmp_path_factory):
 
 
 def preprocessed(trained, files):
-    meta = trained["config"]["preset_values"]
-    return np.stack([preprocessing.eval_view(tf.constant(f.read_bytes()), crop=meta["image_size"],
-                                             resize=meta["resize"], mean=trained["config"]["statistics"]["mean"]).numpy()
-                     for f in files])
+    return np.stack([trained["prep"].view(tf.constant(f.read_bytes())).numpy() for f in files])
 
 
 def test_savedmodel_layout_and_signatures(trained):
@@ -87,12 +82,11 @@ def test_towers_pinned_at_export_still_load_anywhere(trained, tmp_path):
     """Export from a model whose towers sit on /CPU:0 and /CPU:1, load with one CPU and no soft placement."""
     target = tmp_path / "pinned"
     run(f"""
-from alexnet_tf import export, model as m
-config = json.loads(open({str(trained["root"] / "run" / "config.json")!r}).read())
-names = json.loads(open({str(trained["root"] / "run" / "classes.json")!r}).read())
+from alexnet_tf import export, runs, model as m
+record, names = runs.read_run({str(trained["root"] / "run")!r})
 pinned = m.build_alexnet(len(names), image_size=67, width=0.125, tower_devices=("/CPU:0", "/CPU:1"))
 tf.train.Checkpoint(model=pinned).restore(tf.train.latest_checkpoint({str(trained["root"] / "run" / "checkpoints")!r})).expect_partial()
-export.export_savedmodel(pinned, names, config, {str(target)!r})
+export.export_savedmodel(pinned, export.preprocessing_of(record, names), {str(target)!r})
 print("{{}}")
 """, cpus=2)
     out = run(f"""
@@ -231,12 +225,30 @@ def test_onnx_export_runs_in_onnx_runtime_like_keras(trained, held_out, tmp_path
 
 def test_benchmark_inference_section_times_every_runtime_in_turn(trained):
     """alexnet-benchmark --sections=inference on a trained workdir: Keras, SavedModel and each TFLite kind."""
-    from alexnet_tf import benchmark
+    from alexnet_tf.bench import serving
 
-    rows = benchmark.inference_models(trained["root"] / "run", repeats=2, warmup=1, log=lambda _: None)
+    rows = serving.inference_models(trained["root"] / "run", repeats=2, warmup=1, log=lambda _: None)
     assert [r["model"] for r in rows] == ["keras", "savedmodel"] + [f"tflite_{k}" for k in export.TFLITE_KINDS]
     for r in rows:
         assert r["batch1"]["batch_size"] == 1 and r["batch64"]["batch_size"] == 64
         assert r["batch1"]["median_s"] > 0 and r["batch64"]["images_per_s"] > 0
     exact = {r["model"]: r for r in rows if r["model"] in ("keras", "savedmodel", "tflite_float32")}
     assert all(r["top1_agreement"] == 1.0 and r["max_prob_diff"] < 1e-4 for r in exact.values()), exact
+
+
+def test_prediction_decodes_each_image_once(trained, held_out, tmp_path, monkeypatch):
+    """alexnet-predict with every option that looks at the pixels (ten crops, features, neighbours, contact
+    sheet): each query and each gallery image is decoded once; the size check reads only the header."""
+    from alexnet_tf import images
+
+    decoded, real_decode = [], images._decode
+    monkeypatch.setattr(images, "_decode", lambda data, channels: decoded.append(len(data)) or real_decode(data, channels))
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for f in held_out[:5]:
+        (gallery / f.name).write_bytes(f.read_bytes())
+    queries = held_out[5:8]
+    proc = predict_cli("--model", trained["saved"], "--ten_crop", "--features", tmp_path / "f.npy", "--json",
+                       "--neighbors", 2, "--gallery", gallery, "--contact_sheet", tmp_path / "sheet.png", *queries)
+    assert proc.returncode == 0, proc.stderr
+    assert len(decoded) == len(queries) + 5, decoded

@@ -1,5 +1,6 @@
 """Fine-tuning: alexnet-train --init_from=... --train_layers=..., on the tiny preset."""
 
+import dataclasses
 import re
 import shutil
 
@@ -7,17 +8,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import config as cfg, steps, training, workdir as workdir_lib
+from alexnet_tf import checkpoints, config as cfg, runs, steps, training
 from alexnet_tf.model import build_alexnet, weight_layer_names
 from helpers import cli, tiny_config
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory, shapes_folder):
-    """A tiny model trained a few steps on the 10-class shapes folder: what is fine-tuned."""
-    root = tmp_path_factory.mktemp("source")
-    training.train(tiny_config(root / "run", shapes_folder, root / "data", steps=4), log=lambda *_: None)
-    return root / "run"
+@pytest.fixture
+def source(tiny_run):
+    """A tiny model trained a few steps on the 10-class shapes folder: what is fine-tuned (read, never
+    changed)."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +37,9 @@ def test_fc8_only_keeps_every_lower_weight_bit_identical_and_resumes(source, fiv
     loaded = ", ".join(n for n in weight_layer_names() if n != "fc8")
     assert f"loaded {loaded}; fc8 initialized anew (5 classes, the source has 10)" in proc.stdout + proc.stderr
 
-    before, _, _ = workdir_lib.load_model(source)
-    after, config, names = workdir_lib.load_model(tmp_path / "ft")
-    assert config["preset"] == "tiny" and config["train_layers"] == "fc8" and len(names) == 5
+    before, _, _ = checkpoints.load_model(source)
+    after, record, names = checkpoints.load_model(tmp_path / "ft")
+    assert record.model.preset == "tiny" and record.config.train_layers == "fc8" and len(names) == 5
     for name in weight_layer_names()[:-1]:
         for old, new in zip(before.get_layer(name).get_weights(), after.get_layer(name).get_weights()):
             np.testing.assert_array_equal(old, new, err_msg=name)
@@ -64,11 +64,12 @@ def test_fc8_only_keeps_every_lower_weight_bit_identical_and_resumes(source, fiv
 @pytest.mark.parametrize("train_layers, backward_ops", [("fc6,fc7,fc8", False), ("all", True)])
 def test_no_backward_pass_below_the_lowest_trained_layer(tmp_path, shapes_folder, train_layers, backward_ops):
     config = tiny_config(tmp_path, shapes_folder, tmp_path, train_layers=train_layers)
-    state = training.build_state(config, 10, tf.distribute.get_strategy())
-    trained = {v.path.split("/")[0] for v in state["model"].trainable_variables}
+    state = training.build_state(config, dataclasses.replace(config.model, num_classes=10),
+                                 tf.distribute.get_strategy())
+    trained = {v.path.split("/")[0] for v in state.model.trainable_variables}
     assert trained == ({f"fc{i}_{t}" for i in (6, 7) for t in "ab"} | {"fc8"} if train_layers != "all"
                        else set(weight_layer_names()))
-    step = steps.make_train_step(state["model"], state["optimizer"], global_batch_size=2,
+    step = steps.make_train_step(state.model, state.optimizer, global_batch_size=2,
                                  strategy=tf.distribute.get_strategy())
     images, labels = tf.zeros((2, 67, 67, 3)), tf.constant([1, 2], tf.int64)
     graph = step.get_concrete_function(images, labels).graph
@@ -80,20 +81,20 @@ def test_no_backward_pass_below_the_lowest_trained_layer(tmp_path, shapes_folder
 
 
 def test_init_from_a_different_architecture_names_the_layer(source, tmp_path, shapes_folder):
-    config = cfg.make_config(init_from=str(source), dataset=f"folder:{shapes_folder}", data_dir=str(tmp_path),
+    config = runs.make_config(init_from=str(source), dataset=f"folder:{shapes_folder}", data_dir=str(tmp_path),
                              workdir=str(tmp_path / "ft"), preset="paper", steps=1, batch_size=2)
     with pytest.raises(ValueError, match=r"init_from=.*: conv1_a has shapes .* there and .* here"):
         training.train(config, log=lambda *_: None)
 
 
 def test_fine_tune_recipe_and_the_sources_preset_are_the_defaults(source):
-    config = cfg.make_config(init_from=str(source), dataset="folder:/somewhere")
-    assert config.preset == "tiny" and config.lrn == "paper"
+    config = runs.make_config(init_from=str(source), dataset="folder:/somewhere")
+    assert config.model.preset == "tiny" and config.model.lrn == "paper"
     assert (config.lr, config.epochs, config.lr_schedule) == (cfg.FINETUNE_RECIPE["lr"], cfg.FINETUNE_RECIPE["epochs"],
                                                              cfg.FINETUNE_RECIPE["lr_schedule"])
-    assert cfg.make_config(init_from=str(source), lr=0.05).lr == 0.05  # a flag still wins
+    assert runs.make_config(init_from=str(source), lr=0.05).lr == 0.05  # a flag still wins
     with pytest.raises(ValueError, match="train_layers='fc9'"):
-        cfg.make_config(train_layers="fc9").check()
+        runs.make_config(train_layers="fc9").check()
 
 
 def render_folder(root, classes, per_class):
@@ -120,9 +121,9 @@ def test_fine_tuning_to_the_other_half_of_the_classes_learns(tmp_path):
     first, second = render_folder(tmp_path / "first", range(5), 40), render_folder(tmp_path / "second", range(5, 10), 40)
     common = dict(data_dir=str(tmp_path / "data"), preset="tiny", batch_size=16, val_fraction=0.2, log_every=25,
                   dropout=0.0)
-    training.train(cfg.make_config(dataset=f"folder:{first}", workdir=str(tmp_path / "source"), steps=300,
+    training.train(runs.make_config(dataset=f"folder:{first}", workdir=str(tmp_path / "source"), steps=300,
                                    warmup_steps=50, lr=0.01, eval_every=300, **common), log=lambda *_: None)
-    result, _ = training.train(cfg.make_config(dataset=f"folder:{second}", workdir=str(tmp_path / "ft"), steps=60,
+    result, _ = training.train(runs.make_config(dataset=f"folder:{second}", workdir=str(tmp_path / "ft"), steps=60,
                                                init_from=str(tmp_path / "source"), eval_every=60, **common),
                                log=lambda *_: None)
     # Chance is 0.2. Seeds 0-2 measured 0.80, 0.95, 0.75 here (training from scratch: 0.23-0.40).

@@ -25,15 +25,15 @@ from alexnet_tf import training
 config = tiny_config({workdir!r}, {dataset!r}, {data_dir!r}, strategy={strategy!r}, dropout=0.0, cpu_devices=2,
                      tower_devices=("/CPU:0", "/CPU:1"), deterministic=True, steps=4, batch_size=8, eval_every=4,
                      seed=3)
-result, state = training.train(config, log=lambda *a: None)
-np.savez({out!r}, *[v.numpy() for v in state["model"].trainable_variables])
+result, run = training.train(config, log=lambda *a: None)
+np.savez({out!r}, *[v.numpy() for v in run.state.model.trainable_variables])
 if {strategy!r} == "multi_worker":
     # Where this worker's step runs: trace it again (plain tensors, one local replica) and list every op.
-    graph = state["train_step"].get_concrete_function(tf.TensorSpec((8, 67, 67, 3), tf.float32),
+    graph = run.train_step.get_concrete_function(tf.TensorSpec((8, 67, 67, 3), tf.float32),
                                                       tf.TensorSpec((8,), tf.int64)).graph
     handles = {{}}
     for outer, inner in graph.captures:
-        for v in state["model"].trainable_variables:
+        for v in run.state.model.trainable_variables:
             if outer is v.value.handle:
                 handles[inner.name] = v.path
     ops = []
@@ -45,8 +45,8 @@ if {strategy!r} == "multi_worker":
             if hasattr(f, "graph"):
                 walk(f.graph, prefix + str(name) + "/")
     walk(graph)
-    json.dump(dict(ops=ops, replicas=state["strategy"].num_replicas_in_sync,
-                   weights={{v.path: v.value.device for v in state["model"].trainable_variables}}),
+    json.dump(dict(ops=ops, replicas=run.strategy.num_replicas_in_sync,
+                   weights={{v.path: v.value.device for v in run.state.model.trainable_variables}}),
               open({out!r} + ".json", "w"))
 """
 
@@ -189,7 +189,8 @@ def test_cpu_devices_lets_a_laptop_pin_the_towers(tmp_path, shapes_folder):
 
     proc = cli("train", f"--dataset=folder:{shapes_folder}", f"--data_dir={tmp_path}/data",
                f"--workdir={tmp_path}/run", "--preset=tiny", "--batch_size=8", "--steps=2", "--eval_every=2",
-               "--cpu_devices=2", "--tower_devices=/CPU:0,/CPU:1", "--export_dir=", timeout=600)
+               "--cpu_devices=2", "--tower_devices=/CPU:0,/CPU:1", "--export_dir=", timeout=600,
+               process=True)  # the CPU is split before TensorFlow starts: a fresh process
     assert proc.returncode == 0, proc.stderr[-3000:]
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
     assert recorded["cpu_devices"] == 2 and recorded["tower_devices"] == ["/CPU:0", "/CPU:1"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import config as cfg, data, export, optim, training
+from alexnet_tf import config as cfg, data, export, optim, pipelines, runs, training
 from alexnet_tf.layers import SameMapResponseNormalization
 from alexnet_tf.model import build_alexnet
 from helpers import TINY, cli, tiny_config
@@ -127,7 +127,8 @@ def test_colour_noise_stops_at_the_given_image_of_the_stream(shapes_folder, tmp_
     stats = {"mean": [0.0] * 3, "eigval": [500.0, 50.0, 5.0], "eigvec": np.eye(3).tolist()}
 
     def first(n, **kwargs):
-        ds = data.train_pipeline(source.train, stats, batch_size=n, crop=67, resize=76, seed=3, deterministic=True,
+        ds = pipelines.train_pipeline(source.train, stats, batch_size=n, crop=67, resize=76, seed=3,
+                                     deterministic=True, decode=source.decode,
                                  shuffle_buffer=1, flip=False, **kwargs)
         return next(iter(ds))[0].numpy()
 
@@ -139,25 +140,25 @@ def test_colour_noise_stops_at_the_given_image_of_the_stream(shapes_folder, tmp_
 
 def test_original_code_recipe_trains_records_resumes_and_exports(tmp_path, shapes_folder):
     tiny = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data", steps=9, eval_every=9)
-    config = cfg.make_config(**{**vars(tiny), "lr_schedule": None, "recipe": "original_code"})
+    config = runs.make_config(**{**vars(tiny), "lr_schedule": None, "recipe": "original_code"})
     assert config.lr_schedule == "original_code"  # the recipe brings its calendar unless one is given
-    result, state = training.train(config, log=lambda *_: None)
+    result, run = training.train(config, log=lambda *_: None)
     assert result["step"] == 9 and np.isfinite(result["validation_loss"])
     # Three drops over the run (at 25/90, 51/90 and 79/90 of it), conv1 stopped at 72/90.
-    assert float(state["optimizer"].learning_rate.numpy()) == pytest.approx(config.lr * 1e-3)
-    assert float(optim.checkpointed(state["schedule"]).conv1_scale.numpy()) == 0.0
-    assert state["optimizer"].bias_learning_rate == pytest.approx(2 * config.lr)
+    assert float(run.state.optimizer.learning_rate.numpy()) == pytest.approx(config.lr * 1e-3)
+    assert float(optim.checkpointed(run.state.schedule).conv1_scale.numpy()) == 0.0
+    assert run.state.optimizer.bias_learning_rate == pytest.approx(2 * config.lr)
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert recorded["recipe"] == "original_code" and recorded["lr_schedule"] == "original_code"
-    model, _, names = export.load_trained(tmp_path / "run")  # rebuilt as the same variant
+    assert recorded["model"]["recipe"] == "original_code" and recorded["lr_schedule"] == "original_code"
+    model, _, prep = export.load_trained(tmp_path / "run")  # rebuilt as the same variant
     assert "cnorm2_a" in [layer.name for layer in model.layers]
     x = tf.random.uniform((2, TINY["image_size"], TINY["image_size"], 3), -50, 50, seed=0)
-    saved = tf.saved_model.load(str(export.export_savedmodel(model, names, recorded, tmp_path / "export")))
+    saved = tf.saved_model.load(str(export.export_savedmodel(model, prep, tmp_path / "export")))
     np.testing.assert_allclose(saved.signatures["preprocessed"](images=x)["probabilities"].numpy(),
                                tf.nn.softmax(model(x)).numpy(), atol=1e-5)
     # Changing the recipe of a run in progress is refused like any other model change.
     with pytest.raises(ValueError, match="recipe"):
-        training.train(cfg.make_config(**{**vars(config), "recipe": "paper", "steps": 10}), log=lambda *_: None)
+        training.train(runs.make_config(**{**vars(config), "recipe": "paper", "steps": 10}), log=lambda *_: None)
 
 
 def test_recipe_flag_errors_are_one_line():

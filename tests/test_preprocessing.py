@@ -146,7 +146,7 @@ def test_random_crop_and_flip_is_a_seeded_crop_or_its_mirror():
 def test_train_view_is_reproducible_and_eager_equals_map():
     data = encode(smooth_image(300, 300))
     stats = dict(mean=[120.0, 110.0, 100.0], eigval=[50.0, 5.0, 1.0], eigvec=np.eye(3).tolist())
-    fn = lambda b, s: pp.train_view(b, s, crop=224, **stats)  # noqa: E731
+    fn = lambda b, s: pp.train_view(pp.decode_center_256(b), s, crop=224, **stats)  # noqa: E731
     a, b = both_modes(fn, data, tf.constant([1, 2], tf.int64))
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4)
     assert a.shape == (224, 224, 3)
@@ -157,7 +157,8 @@ def test_train_view_is_reproducible_and_eager_equals_map():
 def test_eval_view_subtracts_the_mean():
     array = np.full((256, 256, 3), 100, np.uint8)
     for ten_crop, shape in ((False, (227, 227, 3)), (True, (10, 227, 227, 3))):
-        fn = lambda b: pp.eval_view(b, crop=227, mean=[100.0, 90.0, 80.0], ten_crop=ten_crop)  # noqa: E731
+        fn = lambda b: pp.eval_view(pp.decode_center_256(b), crop=227, mean=[100.0, 90.0, 80.0],  # noqa: E731
+                                    ten_crop=ten_crop)
         for got in both_modes(fn, encode(array, "PNG")):
             assert got.shape == shape
             np.testing.assert_allclose(got.numpy().reshape(-1, 3) - [0.0, 10.0, 20.0], 0.0, atol=1e-3)

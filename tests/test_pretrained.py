@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import applications, pretrained, workdir as workdir_lib
+from alexnet_tf import applications, checkpoints, pretrained
 from alexnet_tf.model import FEATURES_LAYER, build_alexnet
 from helpers import cli
 
@@ -110,8 +110,8 @@ def test_layer_flops_and_shapes_of_bvlc_are_this_projects_model():
 def test_onnx_import_agrees_with_onnxruntime_at_fc7_and_the_logits(bvlc):
     import onnxruntime
 
-    model, config, names = workdir_lib.load_model(bvlc["workdir"])
-    assert config["lrn"] == "caffe" and len(names) == 1000 and names[0] == "tench, Tinca tinca"  # sorted synsets
+    model, record, names = checkpoints.load_model(bvlc["workdir"])
+    assert record.model.lrn == "caffe" and len(names) == 1000 and names[0] == "tench, Tinca tinca"  # sorted synsets
     images = np.random.default_rng(1).uniform(-120, 120, (2, 227, 227, 3)).astype(np.float32)  # RGB, mean removed
     session = onnxruntime.InferenceSession(str(bvlc["onnx"]), providers=["CPUExecutionProvider"])
     logits_ort, fc7_ort = session.run(["fc8_1", "fc7_2"], {"data_0": images[..., ::-1].transpose(0, 3, 1, 2)})
@@ -136,7 +136,7 @@ def test_onnx_import_agrees_with_onnxruntime_at_fc7_and_the_logits(bvlc):
 def test_npy_import_equals_the_onnx_import(bvlc, tmp_path):
     proc = cli("import_weights", f"--weights={bvlc['npy']}", f"--workdir={tmp_path}/from_npy", timeout=600)
     assert proc.returncode == 0, proc.stderr
-    imported = {path: workdir_lib.load_model(path)[0] for path in (bvlc["workdir"], tmp_path / "from_npy")}
+    imported = {path: checkpoints.load_model(path)[0] for path in (bvlc["workdir"], tmp_path / "from_npy")}
     for a, b in zip(*(m.get_weights() for m in imported.values())):
         np.testing.assert_array_equal(a, b)
     from_onnx, from_npy = pretrained.read_weights(bvlc["onnx"]), pretrained.read_weights(bvlc["npy"])
@@ -161,9 +161,9 @@ def test_exported_import_classifies_jpeg_bytes_like_the_keras_model(bvlc, tmp_pa
     jpegs = [tf.io.encode_jpeg(p, quality=95).numpy() for p in photos]
     loaded = tf.saved_model.load(str(tmp_path / "export" / "1"))
     served = loaded.signatures["serving_default"](image_bytes=tf.constant(jpegs))
-    model, config, _ = workdir_lib.load_model(bvlc["workdir"])
+    model, record, _ = checkpoints.load_model(bvlc["workdir"])
     decoded = [tf.io.decode_jpeg(j).numpy() for j in jpegs]
-    probs = tf.nn.softmax(model(applications.preprocess_input(decoded, mean=config["statistics"]["mean"]))).numpy()
+    probs = tf.nn.softmax(model(applications.preprocess_input(decoded, mean=record.statistics["mean"]))).numpy()
     # The bound the other exports are held to (SavedModel vs Keras, BUILD_NOTES.md): on an AMX host oneDNN
     # accumulates this full-size net's sums in another order than the serving graph's and differs by 1.8e-5.
     np.testing.assert_allclose(served["probabilities"].numpy(), probs, atol=1e-4)
@@ -197,7 +197,8 @@ def test_preprocess_input_is_the_evaluation_preprocessing_and_decode_predictions
 
     image = np.random.default_rng(4).integers(0, 256, (240, 320, 3), dtype=np.uint8)
     png = tf.io.encode_png(image).numpy()  # lossless, so both paths see the same pixels
-    want = preprocessing.eval_view(tf.constant(png), crop=227, mean=[122.68, 116.67, 104.01]).numpy()
+    want = preprocessing.eval_view(preprocessing.decode_center_256(tf.constant(png)), crop=227,
+                                    mean=[122.68, 116.67, 104.01]).numpy()
     got = applications.preprocess_input([image], mean=[122.68, 116.67, 104.01])
     assert got.shape == (1, 227, 227, 3)
     np.testing.assert_allclose(got[0], want, atol=1e-4)
@@ -269,10 +270,10 @@ def test_fine_tune_the_import_on_a_folder_of_ones_own_images(bvlc, shapes_folder
                "--steps=2", f"--export_dir={tmp_path}/export", timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert "fc8 initialized anew (10 classes, the source has 1000)" in proc.stdout
-    imported, _, _ = workdir_lib.load_model(bvlc["workdir"])
-    tuned, config, names = workdir_lib.load_model(tmp_path / "ft")
-    assert config["lrn"] == "caffe" and config["preset"] == "paper" and len(names) == 10
-    assert config["statistics"]["mean"] == pretrained.imagenet_statistics()["mean"]  # what the weights expect
+    imported, _, _ = checkpoints.load_model(bvlc["workdir"])
+    tuned, record, names = checkpoints.load_model(tmp_path / "ft")
+    assert record.model.lrn == "caffe" and record.model.preset == "paper" and len(names) == 10
+    assert record.statistics["mean"] == pretrained.imagenet_statistics()["mean"]  # what the weights expect
     for name in ("conv1_a", "conv5_b", "fc7_b"):
         np.testing.assert_array_equal(imported.get_layer(name).get_weights()[0], tuned.get_layer(name).get_weights()[0])
     assert tuned.get_layer("fc8").get_weights()[0].shape == (4096, 10)

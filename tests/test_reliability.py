@@ -11,8 +11,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import training
-from helpers import cli, tiny_config
+from helpers import cli
 
 
 def one_error_line(proc, tool="alexnet-train"):
@@ -24,12 +23,12 @@ def one_error_line(proc, tool="alexnet-train"):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, shapes_folder):
-    """A tiny run with checkpoints at steps 2, 4 and 6."""
+def trained(tmp_path_factory, tiny_run, data_dir):
+    """The session's tiny run (checkpoints at steps 2, 4 and 6) as <root>/run, beside its data dir as
+    <root>/data. Read it; copy it (`workdir`) to damage it."""
     root = tmp_path_factory.mktemp("trained")
-    training.train(tiny_config(root / "run", shapes_folder, root / "data", steps=6, ckpt_every=2, eval_every=6,
-                               val_fraction=0.05),
-                   log=lambda *_: None)
+    (root / "run").symlink_to(tiny_run, target_is_directory=True)
+    (root / "data").symlink_to(data_dir, target_is_directory=True)
     return root
 
 
@@ -135,11 +134,15 @@ def test_resuming_on_another_dataset_is_refused(workdir, trained, tmp_path, shap
 
 
 def test_a_second_trainer_on_the_same_workdir_stops_at_once(workdir, trained, shapes_folder):
-    first = cli("train", *train_args(workdir, shapes_folder, trained / "data", 100000), wait=False)
+    first = cli("train", *train_args(workdir, shapes_folder, trained / "data", 100000, "--ckpt_every=1"),
+                wait=False)
     try:
-        lock = workdir / ".lock"
+        lock, ckpts = workdir / ".lock", workdir / "checkpoints"
         deadline = time.time() + 120
-        while not (lock.exists() and lock.read_text().strip() == str(first.pid)) and time.time() < deadline:
+        # Until the first one holds the lock and trains (past the copied ckpt-6), so that the SIGTERM below
+        # reaches a trainer, not one still starting up.
+        while not (lock.exists() and lock.read_text().strip() == str(first.pid)
+                   and not tf.train.latest_checkpoint(str(ckpts)).endswith("ckpt-6")) and time.time() < deadline:
             time.sleep(0.2)
         second = cli("train", *train_args(workdir, shapes_folder, trained / "data", 100000), timeout=120)
         assert second.returncode != 0
@@ -256,18 +259,18 @@ def exported(tmp_path_factory, trained):
     from alexnet_tf import export
 
     root = tmp_path_factory.mktemp("exported")
-    model, config, names = export.load_trained(trained / "run")
-    saved = export.export_savedmodel(model, names, config, root / "export")
-    tflite = export.write_tflite(export.export_tflite(model, "float32"), root / "export" / "m.tflite", saved)
+    model, _, prep = export.load_trained(trained / "run")
+    saved = export.export_savedmodel(model, prep, root / "export")
+    tflite = export.write_tflite(export.export_tflite(model, "float32"), root / "export" / "m.tflite", prep)
     return dict(saved=saved, tflite=tflite)
 
 
 def test_decompression_bombs_are_refused_unread_in_the_scan_and_in_prediction(tmp_path, shapes_folder, exported):
-    from alexnet_tf import folders
+    from alexnet_tf import images
 
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_header(20000, 20000))
-    ok, why = folders.check_image(bomb)
+    ok, why = images.check_image(bomb)
     assert not ok and "20000x20000 = 400,000,000 pixels exceeds the limit of 89,478,485" in why
     proc = cli("predict", f"--model={exported['saved']}", bomb, timeout=120)
     assert proc.returncode == 1 and f"{bomb}: 20000x20000 = 400,000,000 pixels" in \

@@ -1,5 +1,6 @@
 """The training loop end to end on the tiny preset: resume, bad losses, the CLI, kills and TensorBoard."""
 
+import dataclasses
 import json
 import re
 import signal
@@ -20,7 +21,7 @@ def test_train_writes_its_run_and_resumes(tmp_path, shapes_folder):
     assert result["step"] == 4 and 0 <= result["validation_accuracy"] <= 1
     run = tmp_path / "run"
     saved = json.loads((run / "config.json").read_text())
-    assert saved["batch_size"] == 8 and saved["preset"] == "tiny" and saved["total_steps"] == 4
+    assert saved["batch_size"] == 8 and saved["model"]["preset"] == "tiny" and saved["total_steps"] == 4
     assert len(saved["statistics"]["mean"]) == 3
     assert json.loads((run / "classes.json").read_text())[0] == "checkerboard"
     assert json.loads((run / "result.json").read_text())["step"] == 4
@@ -64,8 +65,8 @@ def cli(*args):
     ("--lr=inf", "--lr=inf: must be a finite number > 0"),
 ])
 def test_cli_bad_value_is_one_line_naming_it(tmp_path, flag, shown):
-    proc = cli(flag, f"--workdir={tmp_path}/w", f"--data_dir={tmp_path}/d")
-    out, err = proc.communicate(timeout=120)
+    proc = run_cli("train", flag, f"--workdir={tmp_path}/w", f"--data_dir={tmp_path}/d")
+    err = proc.stderr
     assert proc.returncode != 0
     lines = [l for l in err.splitlines() if l.strip() and not re.match(r"^[IWE]\d{4} |^WARNING: All log", l)]
     assert len(lines) == 1 and shown in lines[0], err
@@ -109,12 +110,12 @@ def test_sigkill_mid_run_then_rerun_continues_from_the_last_checkpoint(tmp_path,
     # and writing the restored state back gives the checkpoint's values exactly
     # (a variable that failed to restore would come back freshly initialized).
     config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data")
-    state = training.build_state(config, 10, tf.distribute.get_strategy())
-    state["checkpoint"].restore(latest).assert_existing_objects_matched()
-    assert int(state["step"].numpy()) == saved
-    momentum = [v for v in state["optimizer"].variables if "momentum" in v.path]
+    state = training.build_state(config, dataclasses.replace(config.model, num_classes=10), tf.distribute.get_strategy())
+    state.checkpoint.restore(latest).assert_existing_objects_matched()
+    assert int(state.step.numpy()) == saved
+    momentum = [v for v in state.optimizer.variables if "momentum" in v.path]
     assert len(momentum) == 30 and any(np.abs(v.numpy()).max() > 0 for v in momentum)
-    again = state["checkpoint"].write(str(tmp_path / "rewritten" / "ckpt"))
+    again = state.checkpoint.write(str(tmp_path / "rewritten" / "ckpt"))
     rewritten = tf.train.load_checkpoint(again)
     values = [n for n, _ in tf.train.list_variables(latest) if n.endswith("VARIABLE_VALUE")]
     assert len(values) > 60  # 30 weights, 30 momentum slots, step, schedule, ...
@@ -122,8 +123,8 @@ def test_sigkill_mid_run_then_rerun_continues_from_the_last_checkpoint(tmp_path,
         np.testing.assert_array_equal(rewritten.get_tensor(name), reader.get_tensor(name), err_msg=name)
 
     # Rerunning the same command resumes at the saved step.
-    proc = cli(*run_args(tmp_path, shapes_folder, saved + 2))
-    out, err = proc.communicate(timeout=300)
+    proc = run_cli("train", *run_args(tmp_path, shapes_folder, saved + 2))
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, err
     assert f"at step {saved}" in out + err
     assert max(checkpoint_steps(ckpts)) == saved + 2
@@ -180,12 +181,12 @@ def test_tensorboard_gets_the_scalars_histograms_and_the_kernel_image(tmp_path, 
 def test_warmup_ramps_the_learning_rate_then_hands_over(tmp_path, shapes_folder):
     config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data", lr=0.02, warmup_steps=4, steps=2,
                          eval_every=100)
-    _, state = training.train(config, log=lambda *_: None)
+    _, run = training.train(config, log=lambda *_: None)
     # The rate of the last step taken (step 2 of a 4-step ramp) is 2/4 of --lr.
-    assert np.isclose(float(state["optimizer"].learning_rate.numpy()), 0.02 * 2 / 4)
+    assert np.isclose(float(run.state.optimizer.learning_rate.numpy()), 0.02 * 2 / 4)
     config.steps = 7
-    _, state = training.train(config, log=lambda *_: None)
-    assert np.isclose(float(state["optimizer"].learning_rate.numpy()), 0.02)
+    _, run = training.train(config, log=lambda *_: None)
+    assert np.isclose(float(run.state.optimizer.learning_rate.numpy()), 0.02)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -196,26 +197,26 @@ def test_warmup_ramps_the_learning_rate_then_hands_over(tmp_path, shapes_folder)
 ], ids=["bfloat16", "float16-loss-scaling", "xla", "ten-crop-eval"])
 def test_precision_xla_and_ten_crop_options_train_and_evaluate(tmp_path, shapes_folder, overrides):
     config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data", steps=3, eval_every=3, **overrides)
-    result, state = training.train(config, log=lambda *_: None)
+    result, run = training.train(config, log=lambda *_: None)
     assert result["step"] == 3 and np.isfinite(result["validation_loss"])
     assert 0 <= result["validation_top1_error"] <= 1 and result["validation_top5_error"] <= result["validation_top1_error"]
-    variables = state["model"].trainable_variables
+    variables = run.state.model.trainable_variables
     assert all(v.dtype == "float32" for v in variables)  # master weights stay float32
     if "mixed_precision" in overrides:
-        assert state["model"].get_layer("conv1_a").compute_dtype == overrides["mixed_precision"].split("_")[1]
-        assert state["model"].output.dtype == "float32"
+        assert run.state.model.get_layer("conv1_a").compute_dtype == overrides["mixed_precision"].split("_")[1]
+        assert run.state.model.output.dtype == "float32"
     if overrides.get("mixed_precision") == "mixed_float16":
-        assert isinstance(state["optimizer"], __import__("keras").optimizers.LossScaleOptimizer)
+        assert isinstance(run.state.optimizer, __import__("keras").optimizers.LossScaleOptimizer)
 
 
 def test_step_schedule_drops_inside_the_loop(tmp_path, shapes_folder):
     config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data", lr=0.01, lr_schedule="step",
                          step_epochs=1, steps=1, eval_every=100)
-    result, state = training.train(config, log=lambda *_: None)
+    result, run = training.train(config, log=lambda *_: None)
     steps_per_epoch = json.loads((tmp_path / "run" / "config.json").read_text())["steps_per_epoch"]
-    assert np.isclose(float(state["optimizer"].learning_rate.numpy()), 0.01)
+    assert np.isclose(float(run.state.optimizer.learning_rate.numpy()), 0.01)
     logs = []
     config.steps = steps_per_epoch + 1
-    _, state = training.train(config, log=logs.append)
-    assert np.isclose(float(state["optimizer"].learning_rate.numpy()), 0.001)
+    _, run = training.train(config, log=logs.append)
+    assert np.isclose(float(run.state.optimizer.learning_rate.numpy()), 0.001)
     assert any(f"step {steps_per_epoch}: learning rate divided by 10" in line for line in logs), logs

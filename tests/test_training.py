@@ -128,7 +128,8 @@ def test_first_layer_grid_shows_every_conv1_kernel():
     ("strategy", "mirrored", "tower_devices=.*cannot be combined with strategy=mirrored.*use strategy=multi_worker"),
 ])
 def test_config_errors_name_the_field(field, value, message):
-    config = cfg.TrainConfig(**{field: value})
+    config = cfg.TrainConfig(**{field: value}) if field != "preset" else cfg.TrainConfig(
+        model=cfg.ModelConfig(preset=value))
     if field == "strategy":
         config.tower_devices = ("/CPU:0", "/CPU:0")
     with pytest.raises(ValueError, match=message):

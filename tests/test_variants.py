@@ -57,18 +57,19 @@ def test_bad_variant_arguments_say_what_was_received():
         build_alexnet(towers=3)
 
 
-@pytest.mark.parametrize("variant", [dict(towers=1), dict(pool="non_overlapping", lrn=None),
+@pytest.mark.parametrize("variant", [dict(towers=1), dict(pool="non_overlapping", lrn="none"),
                                      dict(pca_lighting=False, flip=False)],
                          ids=["one_tower", "no_lrn_non_overlapping", "no_augmentation"])
 def test_each_variant_trains_is_recorded_and_exports(tmp_path, shapes_folder, variant):
     config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data", steps=2, eval_every=2, **variant)
-    result, state = training.train(config, log=lambda *_: None)
+    result, run = training.train(config, log=lambda *_: None)
     assert result["step"] == 2 and np.isfinite(result["validation_loss"])
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert {k: recorded[k] for k in variant} == variant
-    model, _, names = export.load_trained(tmp_path / "run")  # rebuilt as the same variant
-    assert model.count_params() == state["model"].count_params()
-    saved = export.export_savedmodel(model, names, recorded, tmp_path / "export")
+    recorded = {**recorded, **recorded["model"]}  # the network's settings are nested under "model"
+    assert {k: recorded[k] for k in variant} == {k: None if v == "none" else v for k, v in variant.items()}
+    model, _, prep = export.load_trained(tmp_path / "run")  # rebuilt as the same variant
+    assert model.count_params() == run.state.model.count_params()
+    saved = export.export_savedmodel(model, prep, tmp_path / "export")
     loaded = tf.saved_model.load(str(saved))
     x = tf.random.uniform((2, TINY["image_size"], TINY["image_size"], 3), -50, 50, seed=0)
     np.testing.assert_allclose(loaded.signatures["preprocessed"](images=x)["probabilities"].numpy(),
@@ -79,8 +80,9 @@ def test_augmentation_switches_change_only_what_they_say(shapes_folder):
     from alexnet_tf import preprocessing
 
     image = tf.io.encode_png(tf.cast(tf.random.uniform((80, 90, 3), 0, 255, seed=1), tf.uint8))
-    common = dict(crop=67, resize=76, mean=[0.0, 0.0, 0.0], eigval=[50.0, 5.0, 1.0], eigvec=np.eye(3).tolist())
+    common = dict(crop=67, mean=[0.0, 0.0, 0.0], eigval=[50.0, 5.0, 1.0], eigvec=np.eye(3).tolist())
     seed = tf.constant([3, 4], tf.int64)
+    image = preprocessing.decode_center_256(image, 76)
     plain = preprocessing.train_view(image, seed, pca_lighting=False, flip=False, **common)
     lit = preprocessing.train_view(image, seed, flip=False, **common)
     shift = (lit - plain).numpy()
@@ -116,7 +118,7 @@ def test_study_trains_two_variants_and_writes_a_table_and_a_plot(tmp_path, shape
     assert pixels.std() > 5  # a drawn plot, not a blank page
     for variant in ("paper", "no_lrn"):
         recorded = json.loads((tmp_path / "study" / variant / "config.json").read_text())
-        assert recorded["lrn"] == ("paper" if variant == "paper" else None) and recorded["total_steps"] == 4
+        assert recorded["model"]["lrn"] == ("paper" if variant == "paper" else None) and recorded["total_steps"] == 4
     # Rerunning resumes each variant instead of training it again.
     again = cli("study", *args, timeout=600)
     assert again.returncode == 0 and again.stdout.count("resumed from") == 2, again.stdout
