@@ -74,7 +74,9 @@ def dataset_statistics(source, data_dir=None, *, recompute=False, max_images=200
     squares = source.train.map(lambda image, label: source.decode(image), num_parallel_calls=tf.data.AUTOTUNE)
     stats = compute_statistics(squares, max_images=max_images)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    # Every worker of a multi-worker run computes the same statistics into a shared data_dir: each writes its
+    # own temporary file, and the last rename wins with identical content.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(stats, indent=2))
     tmp.replace(path)
     log(f"stored statistics in {path}")

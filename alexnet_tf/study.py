@@ -19,11 +19,12 @@ VARIANTS = {
     "non_overlapping_pool": {"pool": "non_overlapping"},
     "one_tower": {"towers": 1},
     "no_pca_lighting": {"pca_lighting": False},
-    # What the 2012 code did (alexnet_tf.model.RECIPES, optim.OriginalCodeSchedule), schedule included.
+    # What the 2012 code did (config.RECIPES, optim.OriginalCodeSchedule), schedule included.
     "original_code": {"recipe": "original_code", "lr_schedule": "original_code"},
 }
 # What the paper (and the original code's logs) report for each change, as differences in validation
-# top-1 / top-5 error from the net as published, in percentage points (ILSVRC; PAPER.md).
+# top-1 / top-5 error from the net as published, in percentage points (ILSVRC-2012; Krizhevsky et al.
+# 2012, Sections 3.2-3.4).
 REPORTED = {
     "no_lrn": "+1.4 / +1.2 (paper, Section 3.3); +1.37 / +1.15 (original logs, 42.03 / 19.36)",
     "non_overlapping_pool": "+0.4 / +0.3 (paper, Section 3.4); +0.40 / +0.30 (original logs, 41.06 / 18.51)",

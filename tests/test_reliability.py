@@ -62,8 +62,32 @@ CORRUPTIONS = ["truncated_data", "empty_data", "deleted_index", "garbage_index",
 
 
 @pytest.mark.parametrize("how", CORRUPTIONS)
-def test_a_corrupt_latest_checkpoint_is_skipped_by_export_and_by_resume(workdir, trained, shapes_folder, tmp_path,
-                                                                       how):
+def test_a_corrupt_latest_checkpoint_is_skipped_when_loading_and_set_aside_when_resuming(workdir, how):
+    """Each kind of damage through the functions export and the trainer use; the CLI case below checks the
+    messages and the exit codes once."""
+    import dataclasses
+
+    from alexnet_tf import checkpoints, runs, training
+
+    corrupt(workdir / "checkpoints" / "ckpt-6", how)
+    logs = []
+    checkpoints.load_model(workdir, log=logs.append)  # what alexnet-export restores
+    assert len(logs) == 1 and re.search(r"skipped checkpoint .*ckpt-6: (missing|unreadable)", logs[0]), logs
+
+    record, names = runs.read_run(workdir)
+    state = training.build_state(record.config, dataclasses.replace(record.model, num_classes=len(names)),
+                                 tf.distribute.get_strategy())
+    logs.clear()
+    restored = checkpoints.restore_newest(state.checkpoint, workdir / "checkpoints", logs.append, set_aside=True)
+    assert restored.endswith("ckpt-4") and int(state.step.numpy()) == 4
+    assert re.search(r"skipped checkpoint .*ckpt-6: (missing|unreadable)", logs[0]), logs
+    # Its files are kept for a look under *.corrupt, and the state file no longer names it.
+    assert list((workdir / "checkpoints").glob("ckpt-6*.corrupt"))
+    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-4")
+
+
+def test_a_corrupt_latest_checkpoint_is_skipped_by_export_and_by_resume(workdir, trained, shapes_folder, tmp_path):
+    how = "truncated_data"
     corrupt(workdir / "checkpoints" / "ckpt-6", how)
     exported = cli("export", f"--workdir={workdir}", f"--export_dir={tmp_path}/export")
     assert exported.returncode == 0, exported.stderr

@@ -63,6 +63,9 @@ def cli(*args):
     ("--dataset=folder:/nonexistent/place", "/nonexistent/place"),
     ("--lr=0", "--lr=0.0: must be a finite number > 0"),
     ("--lr=inf", "--lr=inf: must be a finite number > 0"),
+    # The bound is TrainConfig.check's (< 1); the flag once said <= 0.999 and let 0.9995 through to a
+    # different rule.
+    ("--momentum=1", "--momentum=1.0: must be in [0, 1)"),
 ])
 def test_cli_bad_value_is_one_line_naming_it(tmp_path, flag, shown):
     proc = run_cli("train", flag, f"--workdir={tmp_path}/w", f"--data_dir={tmp_path}/d")
