@@ -393,3 +393,47 @@ def test_a_tfds_dataset_that_needs_a_download_fails_fast_without_network(tmp_pat
     line = errors[0]
     assert line.startswith("alexnet-train: error: --dataset=mnist: is not prepared") and "needs a download" in line
     assert time.time() - started < 120  # TFDS's retries took 211 s here
+
+
+# ----------------------------------------------------------------------------
+# Issue 22, the prediction cases: what is printed is what happened
+# ----------------------------------------------------------------------------
+
+def test_predict_features_go_to_exactly_the_path_given_and_a_folder_is_refused(tmp_path, exported, shapes_folder):
+    import numpy as np
+
+    images = sorted(sorted(shapes_folder.iterdir())[0].iterdir())[:3]
+    target = tmp_path / "feat_out"  # no .npy suffix: numpy's np.save would have written feat_out.npy
+    proc = cli("predict", f"--model={exported['saved']}", f"--features={target}", "--batch_size=2", *images)
+    assert proc.returncode == 0, proc.stderr
+    assert f"-> {target} " in proc.stdout and not (tmp_path / "feat_out.npy").exists()
+    assert np.load(target).shape == (3, 512)  # rows of two batches, one file
+    proc = cli("predict", f"--model={exported['saved']}", f"--features={tmp_path}", *images)
+    assert proc.returncode == 2
+    assert f"--features={tmp_path}: is a folder" in one_error_line(proc, "alexnet-predict")
+    assert not list(tmp_path.parent.glob(f"{tmp_path.name}.npy"))
+
+
+def test_predict_writes_a_file_name_with_a_newline_on_one_line(tmp_path, exported, shapes_folder):
+    odd = tmp_path / "two\nlines.jpg"
+    odd.write_bytes(sorted(sorted(shapes_folder.iterdir())[0].iterdir())[0].read_bytes())
+    proc = cli("predict", f"--model={exported['saved']}", odd)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{tmp_path}/two\\nlines.jpg: "), lines
+
+
+def test_a_model_that_outputs_non_finite_probabilities_is_an_error_not_a_result(tmp_path):
+    import numpy as np
+
+    from alexnet_tf import predict
+
+    class Broken:  # what a model with a NaN weight gives: NaN for every class
+        path, class_names = tmp_path / "model", [f"c{i}" for i in range(10)]
+
+        def probabilities(self, views):
+            return np.full((len(views), 10), np.nan, np.float32)
+
+    batch = [predict.Item(tmp_path / "a.jpg", np.zeros((67, 67, 3), np.float32), None)]
+    with pytest.raises(predict.PredictError, match=r"model=.*: gives non-finite probabilities .* for .*a\.jpg"):
+        predict.classify(Broken(), batch)

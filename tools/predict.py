@@ -76,7 +76,9 @@ def _predict(inputs):
         if not files:
             cli.error("alexnet-predict", f"no images found under {', '.join(inputs)}")
             return 1
-        for output in (FLAGS.features, FLAGS.contact_sheet):
+        for flag, output in (("features", FLAGS.features), ("contact_sheet", FLAGS.contact_sheet)):
+            if output and Path(output).is_dir():
+                raise predict.PredictError(f"{flag}={output}: is a folder; give the file to write")
             if output:  # into a folder that does not exist yet: create it
                 Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
         queries = _classify(predict, classifier, files, report, note)
