@@ -6,6 +6,8 @@ across workers) is cuda-convnet2's; BUILD_NOTES.md, "Hybrid parallelism", says w
 why it is built this way.
 """
 
+import json
+import os
 import re
 import signal
 
@@ -14,7 +16,7 @@ import tensorflow as tf
 
 
 class ClusterError(RuntimeError):
-    """A multi-worker run lost a worker (it died, or a collective timed out)."""
+    """A multi-worker run lost a worker (it died, or a collective timed out), or its TF_CONFIG is unusable."""
 
 
 # A collective that waits longer than this for a peer fails the step (a worker died or hangs).
@@ -22,7 +24,26 @@ class ClusterError(RuntimeError):
 COLLECTIVE_TIMEOUT_SECONDS = 300
 
 
-def make_strategy(config):
+def check_tf_config(strategy, log=print):
+    """A TF_CONFIG that is not a JSON object: an error naming it for a multi-worker run, which reads it; one
+    line saying it is ignored for any other strategy (which never reads it)."""
+    raw = os.environ.get("TF_CONFIG")
+    if raw is None:
+        return
+    try:
+        ok, why = isinstance(json.loads(raw), dict), "not a JSON object"
+    except ValueError as e:
+        ok, why = False, f"not valid JSON: {e}"
+    if not ok and strategy == "multi_worker":
+        raise ClusterError(f"TF_CONFIG={raw[:80]!r}: {why}; it must describe the cluster and this worker's task, "
+                           f'e.g. {{"cluster": {{"worker": ["host1:port", "host2:port"]}}, '
+                           f'"task": {{"type": "worker", "index": 0}}}}')
+    if not ok:
+        log(f"note: TF_CONFIG is set but {why}; ignored (only --strategy=multi_worker reads it)")
+
+
+def make_strategy(config, log=print):
+    check_tf_config(config.strategy, log)
     if config.strategy == "mirrored":
         return tf.distribute.MirroredStrategy()
     if config.strategy != "multi_worker":

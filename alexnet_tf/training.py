@@ -89,7 +89,7 @@ def train(config, log=print):
     with steps.precision_policy(config.mixed_precision):  # set before the model exists
         if config.cpu_devices:
             placement.split_cpu(config.cpu_devices)  # before the strategy starts TensorFlow's runtime
-        strategy = cluster.make_strategy(config)
+        strategy = cluster.make_strategy(config, log)
         chief = cluster.is_chief(strategy)
         # One trainer per workdir: the chief holds the lock (multi-worker runs share the workdir).
         with workdir_lib.WorkdirLock(config.workdir) if chief else contextlib.nullcontext():
@@ -109,6 +109,9 @@ def _set_up(config, strategy, chief, log):
     workdir = Path(config.workdir)
     workdir_lib.check_resume(config, workdir_lib.recorded(workdir))
     source, stats = _load_data(config, log)
+    if config.batch_size > source.num_train:  # it would never fill one batch, and the pipeline would wait
+        raise ValueError(f"batch_size={config.batch_size}: larger than the training split of {source.name} "
+                         f"({source.num_train} images)")
     steps_per_epoch = max(1, source.num_train // config.batch_size)
     total_steps = config.steps or max(1, int(round(config.epochs * steps_per_epoch)))
     model_config = dataclasses.replace(config.model, num_classes=source.num_classes)
