@@ -19,6 +19,7 @@ Its signatures (fixed dtypes, any batch size):
 """
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -117,21 +118,64 @@ class _Serving(tf.Module):
 
 
 def next_version(export_dir):
-    """TF Serving's layout: integer version folders; the next is one more than the highest."""
-    existing = [int(p.name) for p in Path(export_dir).glob("*") if p.is_dir() and p.name.isdigit()]
+    """TF Serving's layout: integer version folders; the next is one more than the highest, counting the
+    versions other exports are writing (`N.partial`)."""
+    existing = [int(p.name.removesuffix(".partial")) for p in Path(export_dir).glob("*")
+                if p.is_dir() and p.name.removesuffix(".partial").isdigit()]
     return max(existing, default=0) + 1
 
 
-def export_savedmodel(model, preprocessing_record, export_dir, version=None):
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_abandoned(export_dir, log=print):
+    """Removes the `N.partial` folders of exports that were killed (their process is gone), saying so."""
+    for partial in sorted(Path(export_dir).glob("*.partial")):
+        owner = partial / ".owner"
+        pid = int(owner.read_text()) if owner.is_file() and owner.read_text().strip().isdigit() else None
+        if partial.is_dir() and (pid is None or not _alive(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+            log(f"removed {partial}: left by an export that did not finish")
+
+
+def _claim(export_dir, version):
+    """(the version's path, its `.partial` folder, created here): the folder is the claim (`mkdir` is atomic),
+    so two exports at once never share one; without a `version`, a version another export claimed first is
+    skipped."""
+    number = version or next_version(export_dir)
+    while True:
+        path = Path(export_dir) / str(number)
+        tmp = path.with_name(path.name + ".partial")
+        if path.exists() and version:
+            raise ExportError(f"{path} exists already; TF Serving versions are never overwritten")
+        try:
+            if not path.exists():
+                tmp.mkdir(parents=True)
+                (tmp / ".owner").write_text(str(os.getpid()))
+                return path, tmp
+        except FileExistsError:
+            if version:
+                raise ExportError(f"{path}: another export is writing this version now") from None
+        number += 1
+
+
+def export_savedmodel(model, preprocessing_record, export_dir, version=None, log=print):
     """Writes the SavedModel of `model`, which expects `preprocessing_record` (a `Preprocessing`), to
-    `<export_dir>/<version>/` and returns that path."""
+    `<export_dir>/<version>/` and returns that path. Folders of killed exports are removed first (`log` says
+    which)."""
     module = _Serving(model, preprocessing_record)
-    path = Path(export_dir) / str(version or next_version(export_dir))
-    if path.exists():
-        raise ExportError(f"{path} exists already; TF Serving versions are never overwritten")
+    if Path(export_dir).is_dir():
+        remove_abandoned(export_dir, log)
+    path, tmp = _claim(export_dir, version)
     signatures = {"serving_default": module.serving_default, "preprocessed": module.preprocessed,
                   "features": module.features}
-    tmp = path.with_name(path.name + ".partial")
     try:
         tf.saved_model.save(module, str(tmp), signatures=signatures)
         (tmp / "assets").mkdir(exist_ok=True)
@@ -143,6 +187,7 @@ def export_savedmodel(model, preprocessing_record, export_dir, version=None):
         if workdir_lib.no_space(e):
             raise ExportError(f"no space left on device while writing {tmp}") from None
         raise
+    (tmp / ".owner").unlink()
     tmp.rename(path)  # a half-written export never looks like a version
     return path
 
