@@ -9,6 +9,7 @@ checkpoint data: when none restores, that is an error.
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import model as model_lib, runs, workdir as workdir_lib
@@ -31,6 +32,10 @@ def load_model(workdir, checkpoint=None, log=print, *, flag="workdir", inference
             raise WorkdirError(f"{flag}={checkpoint}: cannot be restored into this model ({why})")
     elif not restore_newest(saved, Path(workdir) / "checkpoints", log, partial=True):
         raise WorkdirError(f"{flag}={workdir}: no checkpoint in {Path(workdir) / 'checkpoints'}")
+    broken = [w.path for w in model.weights if not np.isfinite(w.numpy()).all()]
+    if broken:  # exported or fine-tuned, it would give NaN for every image
+        raise WorkdirError(f"{flag}={checkpoint or workdir}: non-finite weights (NaN or inf) in {', '.join(broken)}; "
+                           f"train on from an earlier checkpoint (<workdir>/checkpoints/ckpt-N)")
     return model, record, class_names
 
 

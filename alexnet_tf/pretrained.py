@@ -18,6 +18,7 @@ imported model takes RGB like every model here. The weights expect Caffe's LRN
 (`lrn="caffe"`) and the ILSVRC-2012 mean, BGR (104.0, 116.7, 122.7).
 """
 
+import os
 import pickle
 import shutil
 import tempfile
@@ -227,10 +228,18 @@ def import_weights(weights, workdir, log=print):
     if workdir.exists() and any(workdir.iterdir()):
         raise WeightsError(f"workdir={workdir}: exists and is not empty; import into a new workdir")
     caffe = read_weights(weights)
+    broken = [f"{layer}[{i}]" for layer, tensors in caffe.items() for i, t in enumerate(tensors)
+              if not np.isfinite(t).all()]
+    if broken:
+        raise WeightsError(f"weights={weights}: non-finite values (NaN or inf) in {', '.join(broken)} "
+                           f"([0] the weights, [1] the bias); nothing imported")
     model_config = config_lib.ModelConfig.of_preset(**BVLC_MODEL)
     model = load_into(from_config(model_config, inference=True), caffe)
     workdir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{workdir.name}.", dir=workdir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would make an import private, unlike a trained workdir
     try:
         record = runs.RunRecord(
             config=config_lib.TrainConfig(dataset="imagenet2012", workdir=str(workdir), model=model_config),
