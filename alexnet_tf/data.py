@@ -40,17 +40,20 @@ def _download_and_prepare(builder, name, data_dir):
     downloader.MAX_RETRIES = 0
     try:
         builder.download_and_prepare()
+        downloader.MAX_RETRIES = retries
         return
     except requests.exceptions.ConnectionError as e:
+        # MAX_RETRIES stays 0 here: TFDS's other downloads run on in its thread pool after this one failed,
+        # and those started after a restore would each retry for minutes before the process could end
+        # (measured: 208 s after the error line was printed).
         host = getattr(getattr(e, "request", None), "url", None) or "its download server"
         raise DatasetError(f"dataset={name}: is not prepared in {data_dir} and needs a download from {host}, "
                            f"which this machine cannot reach; build it where there is network (tfds build "
                            f"{name} --data_dir=...) and copy the data dir here") from None
     except AssertionError:  # missing manual files: nothing a retry would change
+        downloader.MAX_RETRIES = retries
         raise
     except Exception:  # noqa: BLE001  anything else: TFDS's own attempt, with its retries, decides
-        pass
-    finally:
         downloader.MAX_RETRIES = retries
     builder.download_and_prepare()
 
