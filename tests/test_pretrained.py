@@ -282,3 +282,25 @@ def test_fine_tune_the_import_on_a_folder_of_ones_own_images(bvlc, shapes_folder
     proc = cli("train", f"--workdir={bvlc['workdir']}", f"--dataset=folder:{shapes_folder}", "--steps=1",
                f"--data_dir={tmp_path}/data", timeout=300)
     assert proc.returncode == 2 and "holds weights imported by alexnet-import" in proc.stderr
+
+
+@pytest.mark.heavy
+def test_non_finite_weights_are_refused_naming_each_tensor(bvlc, tmp_path):
+    weights = {layer: (w.copy(), b.copy()) for layer, (w, b) in bvlc["weights"].items()}
+    weights["conv1"][0][0, 0, 0, 0] = np.nan
+    weights["fc7"][1][3] = np.inf
+    path = write_npy(tmp_path / "broken.npy", weights)
+    with pytest.raises(pretrained.WeightsError, match=r"weights=.*broken\.npy: non-finite values \(NaN or inf\) in "
+                                                      r"conv1\[0\], fc7\[1\] .*nothing imported"):
+        pretrained.import_weights(path, tmp_path / "imported")
+    assert not (tmp_path / "imported").exists() and not list(tmp_path.glob(".imported.*"))
+
+
+@pytest.mark.heavy
+def test_an_import_is_as_readable_as_a_trained_workdir(bvlc):
+    """mkdtemp's 0700 made imports private where trained workdirs follow the umask (0755 with 022)."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert bvlc["workdir"].stat().st_mode & 0o777 == 0o777 & ~umask

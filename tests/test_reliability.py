@@ -437,3 +437,89 @@ def test_a_model_that_outputs_non_finite_probabilities_is_an_error_not_a_result(
     batch = [predict.Item(tmp_path / "a.jpg", np.zeros((67, 67, 3), np.float32), None)]
     with pytest.raises(predict.PredictError, match=r"model=.*: gives non-finite probabilities .* for .*a\.jpg"):
         predict.classify(Broken(), batch)
+
+
+def test_a_batch_larger_than_the_training_split_is_refused_in_one_line(trained, shapes_folder, tmp_path):
+    proc = cli("train", *train_args(tmp_path / "new", shapes_folder, trained / "data", 1, "--batch_size=100000"))
+    assert proc.returncode == 2
+    assert re.search(r"--batch_size=100000: larger than the training split of folder:.* \(\d+ images\)",
+                     one_error_line(proc)), proc.stderr
+
+
+def test_a_garbage_tf_config_is_named_and_ignored_out_loud_by_other_strategies(monkeypatch, tmp_path, shapes_folder,
+                                                                              trained):
+    from alexnet_tf import cluster
+
+    garbage = '{"cluster": {"worker": ["a:1"]}, "task": '
+    monkeypatch.setenv("TF_CONFIG", garbage)
+    proc = cli("train", *train_args(tmp_path / "run", shapes_folder, trained / "data", 1, "--strategy=multi_worker"))
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert "TF_CONFIG=" in line and "not valid JSON" in line and "Expecting value" in line, line
+    notes = []
+    cluster.check_tf_config("default", notes.append)  # what a single-process run says before it starts
+    with pytest.raises(ValueError) as parse:
+        json.loads(garbage)
+    assert notes == [f"note: TF_CONFIG is set but not valid JSON: {parse.value}; ignored (only "
+                     f"--strategy=multi_worker reads it)"]
+    monkeypatch.setenv("TF_CONFIG", "[1, 2]")
+    with pytest.raises(cluster.ClusterError, match=r"TF_CONFIG='\[1, 2\]': not a JSON object"):
+        cluster.check_tf_config("multi_worker")
+
+
+def test_exports_at_once_never_share_a_version_and_a_killed_ones_folder_is_removed(trained, tmp_path):
+    import subprocess
+
+    from alexnet_tf import export
+
+    model, _, prep = export.load_trained(trained / "run", log=lambda *_: None)
+    target = tmp_path / "export"
+    (target / "1.partial").mkdir(parents=True)  # another export, still running (this process owns it)
+    (target / "1.partial" / ".owner").write_text(str(os.getpid()))
+    gone_pid = subprocess.Popen(["true"])  # a process that has ended
+    gone_pid.wait()
+    (target / "2.partial").mkdir()  # a killed export's leftovers
+    (target / "2.partial" / ".owner").write_text(str(gone_pid.pid))
+    (target / "3.partial").mkdir()  # the same, written before exports recorded their owner
+    logs = []
+    path = export.export_savedmodel(model, prep, target, log=logs.append)
+    assert path == target / "2" and (path / "saved_model.pb").exists() and not (path / ".owner").exists()
+    assert (target / "1.partial").exists()  # the running one is left alone
+    assert not (target / "2.partial").exists() and not (target / "3.partial").exists()
+    assert logs == [f"removed {target / '2.partial'}: left by an export that did not finish",
+                    f"removed {target / '3.partial'}: left by an export that did not finish"]
+    # The version the running export claimed cannot be asked for either.
+    with pytest.raises(export.ExportError, match=r"1: another export is writing this version now"):
+        export.export_savedmodel(model, prep, target, version=1, log=logs.append)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_by_export_and_init_from(workdir, tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from alexnet_tf import checkpoints, runs, training
+
+    # A trainer's checkpoint whose conv1_a kernel has one NaN, as a run that diverged between saves leaves it.
+    record, names = runs.read_run(workdir)
+    state = training.build_state(record.config, dataclasses.replace(record.model, num_classes=len(names)),
+                                 tf.distribute.get_strategy())
+    state.checkpoint.restore(tf.train.latest_checkpoint(str(workdir / "checkpoints"))).expect_partial()
+    kernel = state.model.get_layer("conv1_a").kernel
+    kernel.assign(np.where(np.arange(kernel.numpy().size).reshape(kernel.shape) == 0, np.nan, kernel.numpy()))
+    broken = state.checkpoint.write(str(workdir / "checkpoints" / "broken"))
+    for flag in ("workdir", "init_from"):
+        with pytest.raises(runs.WorkdirError, match=rf"{flag}=.*broken: non-finite weights \(NaN or inf\) in "
+                                                    r"conv1_a/kernel; "):
+            checkpoints.load_model(workdir, broken, log=lambda *_: None, flag=flag)
+    proc = cli("export", f"--workdir={workdir}", f"--checkpoint={broken}", f"--export_dir={tmp_path}/export")
+    assert proc.returncode == 1 and "non-finite weights" in one_error_line(proc, "alexnet-export")
+    assert not (tmp_path / "export" / "1").exists()
+
+
+def test_init_from_errors_name_init_from(tmp_path):
+    from alexnet_tf import runs
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(runs.WorkdirError, match=r"^init_from=.*empty: no config\.json"):
+        runs.make_config(init_from=str(tmp_path / "empty"), dataset="folder:/x")
