@@ -14,8 +14,8 @@ class DatasetError(ValueError):
 class Source:
     """A dataset as stored images: `train` and `validation` are `tf.data.Dataset`s of (stored image, int64
     label), and `decode(image, size)` turns one stored image into what the pipelines crop: its central
-    square at size x size, float32 0..255. Stored images are encoded files (JPEG, PNG, ...) unless the
-    dataset says otherwise (a prepared one's are squares already, `alexnet_tf.prepared`)."""
+    square at size x size, float32 0..255. Every dataset read today stores encoded files (JPEG, PNG, ...);
+    one stored otherwise (as squares already) would give its own `decode`."""
     name: str
     class_names: list
     train: object
@@ -27,7 +27,7 @@ class Source:
     # Files that were usable after conversion, as (path, what was done).
     converted: list = dataclasses.field(default_factory=list)
     decode: object = preprocessing.decode_center_256
-    # The mean and PCA colour basis to train with, where the dataset carries its own (a prepared one).
+    # The mean and PCA colour basis to train with, for a dataset that carries its own (none does yet).
     statistics: dict | None = None
 
     @property

@@ -59,8 +59,7 @@ def statistics_path(source_name, data_dir):
 
 
 def dataset_statistics(source, data_dir=None, *, recompute=False, max_images=2000, log=print):
-    """The statistics of `source`: its own (`source.statistics`, a prepared dataset's: those of the dataset it
-    was prepared from), else read from `<data_dir>/alexnet_tf_statistics/<name>.json` if present, else
+    """The statistics of `source`: its own (`source.statistics`, where it carries them), else read from `<data_dir>/alexnet_tf_statistics/<name>.json` if present, else
     ImageNet's published values for imagenet2012, else computed over the training split (up to `max_images`
     images) and stored there."""
     if source.statistics is not None and not recompute:
