@@ -59,9 +59,9 @@ def statistics_path(source_name, data_dir):
 
 
 def dataset_statistics(source, data_dir=None, *, recompute=False, max_images=2000, log=print):
-    """The statistics of `source`: its own (`source.statistics`, where it carries them), else read from `<data_dir>/alexnet_tf_statistics/<name>.json` if present, else
-    ImageNet's published values for imagenet2012, else computed over the training split (up to `max_images`
-    images) and stored there."""
+    """The statistics of `source`: its own (`source.statistics`, where it carries them), else read from
+    `<data_dir>/alexnet_tf_statistics/<name>.json` if present, else ImageNet's published values for
+    imagenet2012, else computed over the training split (up to `max_images` images) and stored there."""
     if source.statistics is not None and not recompute:
         return dict(source.statistics)
     path = statistics_path(source.name, data_dir)
