@@ -196,7 +196,8 @@ def test_cpu_devices_lets_a_laptop_pin_the_towers(tmp_path, shapes_folder):
     assert recorded["cpu_devices"] == 2 and recorded["tower_devices"] == ["/CPU:0", "/CPU:1"]
     # Without the split there is no /CPU:1: one line naming the flag and the devices that exist.
     proc = cli("train", f"--dataset=folder:{shapes_folder}", f"--data_dir={tmp_path}/data",
-               f"--workdir={tmp_path}/run2", "--preset=tiny", "--steps=1", "--tower_devices=/CPU:0,/CPU:1",
+               f"--workdir={tmp_path}/run2", "--preset=tiny", "--batch_size=8", "--steps=1",
+               "--tower_devices=/CPU:0,/CPU:1",
                "--export_dir=", timeout=600)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
