@@ -179,8 +179,10 @@ def test_a_second_trainer_on_the_same_workdir_stops_at_once(workdir, trained, sh
 
 @pytest.mark.heavy
 def test_ctrl_c_checkpoints_and_exits_130_without_a_traceback(workdir, trained, shapes_folder):
-    proc = cli("train", *train_args(workdir, shapes_folder, trained / "data", 100000, "--eval_every=1000"),
-               wait=False)
+    # --ckpt_every=1: the wait below ends at the first step trained, not after 1,000 steps (which took
+    # 241 s once on a loaded host, against 17-20 s usually).
+    proc = cli("train", *train_args(workdir, shapes_folder, trained / "data", 100000, "--eval_every=1000",
+                                    "--ckpt_every=1"), wait=False)
     ckpts = workdir / "checkpoints"
     deadline = time.time() + 240
     while tf.train.latest_checkpoint(str(ckpts)).endswith("ckpt-6") and time.time() < deadline:
