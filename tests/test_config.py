@@ -77,3 +77,22 @@ def test_a_bad_flag_is_reported_before_tensorflow_starts(tmp_path, tool, flag, s
     proc = cli(tool, flag, f"--workdir={tmp_path}/w", env=env, timeout=60)
     assert proc.returncode == 2 and "tensorflow was imported" not in proc.stderr, proc.stderr
     assert shown in proc.stderr
+
+
+def test_a_first_format_config_json_is_read_as_todays_types(tmp_path):
+    """Workdirs written before config.json nested the network under "model" still resume, export and
+    fine-tune: `read_run` upgrades the flat layout (sizes under `preset_values`)."""
+    import json
+
+    flat = {"dataset": "folder:/data/x", "workdir": str(tmp_path), "preset": "tiny", "lrn": None,
+            "pool": "non_overlapping", "towers": 1, "batch_size": 8, "lr": 0.02, "num_classes": 3,
+            "preset_values": {"width": 0.125, "image_size": 67, "resize": 76, "init_std": 0.02},
+            "statistics": {"mean": [1.0, 2.0, 3.0]}, "total_steps": 4}
+    (tmp_path / "config.json").write_text(json.dumps(flat))
+    (tmp_path / "classes.json").write_text(json.dumps(["a", "b", "c"]))
+    record, names = runs.read_run(tmp_path)
+    assert names == ["a", "b", "c"] and record.total_steps == 4 and record.statistics["mean"] == [1.0, 2.0, 3.0]
+    model = record.model
+    assert (model.preset, model.width, model.image_size, model.resize, model.init_std) == ("tiny", 0.125, 67, 76, 0.02)
+    assert (model.lrn, model.pool, model.towers, model.num_classes) == (None, "non_overlapping", 1, 3)
+    assert (record.config.batch_size, record.config.lr) == (8, 0.02)
