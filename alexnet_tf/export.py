@@ -131,16 +131,15 @@ def _alive(pid):
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
-        return True
+        pass
     return True
 
 
 def remove_abandoned(export_dir, log=print):
     """Removes the `N.partial` folders of exports that were killed (their process is gone), saying so."""
-    for partial in sorted(Path(export_dir).glob("*.partial")):
-        owner = partial / ".owner"
-        pid = int(owner.read_text()) if owner.is_file() and owner.read_text().strip().isdigit() else None
-        if partial.is_dir() and (pid is None or not _alive(pid)):
+    for partial in sorted(p for p in Path(export_dir).glob("*.partial") if p.is_dir()):
+        owner = (partial / ".owner").read_text().strip() if (partial / ".owner").is_file() else ""
+        if not owner.isdigit() or not _alive(int(owner)):
             shutil.rmtree(partial, ignore_errors=True)
             log(f"removed {partial}: left by an export that did not finish")
 
@@ -153,16 +152,18 @@ def _claim(export_dir, version):
     while True:
         path = Path(export_dir) / str(number)
         tmp = path.with_name(path.name + ".partial")
-        if path.exists() and version:
-            raise ExportError(f"{path} exists already; TF Serving versions are never overwritten")
-        try:
-            if not path.exists():
+        if path.exists():
+            if version:
+                raise ExportError(f"{path} exists already; TF Serving versions are never overwritten")
+        else:
+            try:
                 tmp.mkdir(parents=True)
+            except FileExistsError:
+                if version:
+                    raise ExportError(f"{path}: another export is writing this version now") from None
+            else:
                 (tmp / ".owner").write_text(str(os.getpid()))
                 return path, tmp
-        except FileExistsError:
-            if version:
-                raise ExportError(f"{path}: another export is writing this version now") from None
         number += 1
 
 
