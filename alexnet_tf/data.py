@@ -9,6 +9,8 @@
 - `folder:PATH`: one sub-folder per class, either under `PATH/train` and
   `PATH/val`, or directly under PATH with a held-out fraction for validation
   (`alexnet_tf.folders`, which also scans them for bad files).
+- `prepared:PATH`: any of these, prepared once by alexnet-prepare as 256x256
+  squares (`alexnet_tf.prepared`).
 
 A `Source` holds encoded image bytes and integer labels for the train and
 validation splits, with the class names; `alexnet_tf.pipelines` turns them
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from alexnet_tf import folders
+from alexnet_tf import folders, prepared
 from alexnet_tf.config import EMBEDDED_DATASET, MAX_PIXELS
 from alexnet_tf.sources import DatasetError, Source
 from alexnet_tf.statistics import default_data_dir, is_imagenet
@@ -66,17 +68,22 @@ def imagenet_class_names():
     return [r[0] for r in rows], [r[1] for r in rows]
 
 
-def load_dataset(name, data_dir=None, *, val_fraction=0.05, seed=0, download=True, max_pixels=MAX_PIXELS):
-    """The dataset called `name` (see the module docstring) as a `Source`."""
+def load_dataset(name, data_dir=None, *, val_fraction=0.05, seed=0, download=True, max_pixels=MAX_PIXELS,
+                 ordered=False):
+    """The dataset called `name` (see the module docstring) as a `Source`. With `ordered`, each split is read
+    in the same order every time (TFDS otherwise shuffles the training split's files), as a preparation
+    needs to resume."""
     if not isinstance(name, str) or not name:
-        raise DatasetError(f"dataset must be a name such as '{EMBEDDED_DATASET}', 'imagenet2012' or "
-                           f"'folder:PATH', got {name!r}")
+        raise DatasetError(f"dataset must be a name such as '{EMBEDDED_DATASET}', 'imagenet2012', "
+                           f"'folder:PATH' or 'prepared:PATH', got {name!r}")
     if name.startswith("folder:"):
         return folders.load_folder(name[len("folder:"):], val_fraction=val_fraction, seed=seed, max_pixels=max_pixels)
-    return load_tfds(name, data_dir, val_fraction=val_fraction, download=download)
+    if name.startswith(prepared.PREFIX):
+        return prepared.load(name[len(prepared.PREFIX):])
+    return load_tfds(name, data_dir, val_fraction=val_fraction, download=download, ordered=ordered)
 
 
-def load_tfds(name, data_dir=None, *, val_fraction=0.05, download=True):
+def load_tfds(name, data_dir=None, *, val_fraction=0.05, download=True, ordered=False):
     import tensorflow_datasets as tfds
     import alexnet_tf.datasets  # noqa: F401  registers alexnet_shapes
 
@@ -105,8 +112,10 @@ def load_tfds(name, data_dir=None, *, val_fraction=0.05, download=True):
         train_split, eval_split = f"train[:{100 - held_out}%]", f"train[{100 - held_out}%:]"
 
     def as_pairs(split):
+        # No cardinality assertion: under the tf.data service's dynamic sharding each worker reads part of a split.
         ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()},
-                                shuffle_files=split.startswith("train"))
+                                shuffle_files=split.startswith("train") and not ordered,
+                                read_config=tfds.ReadConfig(assert_cardinality=False))
         return ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int64)))
 
     names = list(features["label"].names)

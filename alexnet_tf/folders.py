@@ -80,6 +80,10 @@ def load_folder(path, *, val_fraction=0.05, seed=0, max_pixels=MAX_PIXELS):
         raise DatasetError(f"folder dataset {str(root)!r} has no usable validation images: hold-out needs at "
                            f"least 2 images in a class (one goes to validation), or put them under val/")
 
+    # The training files in a fixed random order rather than class by class: a shuffle buffer smaller than
+    # the split then still mixes classes, and a prepared copy's shards each hold every class.
+    random.Random(f"{seed}/order").shuffle(train)
+
     def pairs(items):
         paths = [p for p, _ in items]
         labels = np.array([l for _, l in items], np.int64)

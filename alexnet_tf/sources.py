@@ -33,3 +33,13 @@ class Source:
     @property
     def num_classes(self):
         return len(self.class_names)
+
+
+def report(source, log):
+    """Says which files of `source` were skipped (each with why) and how many were converted."""
+    for path, why in source.skipped:
+        log(f"skipped {path}: {why}")
+    if source.skipped:
+        log(f"skipped {len(source.skipped)} unusable file(s) of {source.name}")
+    if source.converted:
+        log(f"converted {len(source.converted)} file(s) of {source.name} (grayscale, CMYK or mislabelled format)")

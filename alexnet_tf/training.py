@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import (checkpoints, cluster, config as config_lib, data, metrics, model as model_lib, optim,
-                        pipelines, placement, runs, statistics, steps, summaries, workdir as workdir_lib)
+                        pipelines, placement, runs, sources, statistics, steps, summaries, workdir as workdir_lib)
 from alexnet_tf.metrics import NonFiniteLoss  # noqa: F401  (training.NonFiniteLoss: what a run raises)
 
 
@@ -144,12 +144,7 @@ def _load_data(config, log):
     files reported. Fine-tuning keeps the mean the pretrained features expect: the source run's."""
     source = data.load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction, seed=config.seed,
                                max_pixels=config.max_pixels)
-    for path, why in source.skipped:
-        log(f"skipped {path}: {why}")
-    if source.skipped:
-        log(f"skipped {len(source.skipped)} unusable file(s) of {source.name}")
-    if source.converted:
-        log(f"converted {len(source.converted)} file(s) of {source.name} (grayscale, CMYK or mislabelled format)")
+    sources.report(source, log)
     stats = statistics.dataset_statistics(source, config.data_dir, log=log)
     if config.init_from:
         source_run = runs.read_run(workdir_lib.resolve(config.init_from)[0], flag="init_from")[0]

@@ -31,6 +31,17 @@ def shapes_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory):
+    """A TFDS data directory holding the embedded dataset, generated once per test session."""
+    from alexnet_tf import data
+    from alexnet_tf.config import EMBEDDED_DATASET
+
+    directory = tmp_path_factory.mktemp("tfds")
+    data.load_dataset(EMBEDDED_DATASET, str(directory))
+    return directory
+
+
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """One data directory for the session: the shapes folder's statistics are computed once, here."""
     return tmp_path_factory.mktemp("data")

@@ -225,14 +225,6 @@ def test_imagenet2012_without_tars_says_where_to_put_them(tmp_path):
         data.load_dataset("imagenet2012", str(tmp_path))
 
 
-@pytest.fixture(scope="session")
-def shapes_dir(tmp_path_factory):
-    """The embedded dataset, generated once per test session."""
-    directory = tmp_path_factory.mktemp("tfds")
-    data.load_dataset(EMBEDDED_DATASET, str(directory))
-    return directory
-
-
 @pytest.mark.heavy
 def test_embedded_dataset_is_generated_offline_as_jpeg(shapes_dir):
     from alexnet_tf.datasets import shapes, shapes_render

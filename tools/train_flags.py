@@ -45,7 +45,7 @@ def define(values):
 def _data_and_model(values):
     string, enum, number, boolean = _definers(values)
     string("dataset", cfg.EMBEDDED_DATASET, "What to train on: 'alexnet_shapes' (embedded, offline), 'imagenet2012' "
-           "(TFDS, from the official tars in <data_dir>/downloads/manual), another TFDS name, or 'folder:PATH'.")
+           "(TFDS, from the official tars in <data_dir>/downloads/manual), another TFDS name, 'folder:PATH', or 'prepared:PATH' (written by alexnet-prepare).")
     string("data_dir", None, "TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets). Dataset "
            "statistics are stored here too.")
     string("workdir", None, "Where checkpoints, TensorBoard logs, config.json and result.json go (default: "
