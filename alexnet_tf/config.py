@@ -13,6 +13,7 @@ embedded dataset's is sized to finish in minutes on a 2-core CPU (BUILD_NOTES.md
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 EMBEDDED_DATASET = "alexnet_shapes"
@@ -140,6 +141,8 @@ class TrainConfig:
     val_fraction: float = 0.05       # for datasets without a validation split
     max_eval_images: int | None = None
     max_pixels: int = MAX_PIXELS     # larger images are refused unread
+    data_service: str | None = None  # grpc://HOST:PORT of a tf.data service dispatcher: training input runs there
+    data_service_timeout: float = 60  # seconds to wait for that dispatcher at start-up
 
     @property
     def hybrid(self):
@@ -184,6 +187,11 @@ class TrainConfig:
             path = getattr(self, field)
             if path and Path(path).exists() and not Path(path).is_dir():
                 raise ValueError(f"{field}={path}: is a file, not a folder")
+        if self.data_service is not None and not re.fullmatch(r"grpc://[^/:\s]+:\d{1,5}", self.data_service):
+            _bad(self, "data_service", "must be grpc://HOST:PORT, the address alexnet-data-service --dispatcher "
+                                       "printed")
+        if not (self.data_service_timeout > 0 and math.isfinite(self.data_service_timeout)):
+            _bad(self, "data_service_timeout", "must be a finite number of seconds > 0")
         if self.tower_devices is not None and len(self.tower_devices) != 2:
             _bad(self, "tower_devices", "needs two devices (tower a, tower b)")
         if self.tower_devices is not None and self.strategy == "mirrored":

@@ -43,14 +43,18 @@ def eval_pipeline(examples, stats, *, batch_size, crop=227, resize=preprocessing
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def for_training(config, source, stats, start, colour_noise_until=None):
+def for_training(config, source, stats, start, colour_noise_until=None, task=0):
     """(training batches, validation batches) of a run of `config` on `source`, the training stream reseeded
     from the step it starts at. `colour_noise_until`: the step from which the training images get no colour
-    noise (None: never). A multi-worker run's workers each take their share of every global batch."""
+    noise (None: never). A multi-worker run's workers (`task`: this one's index) each take their share of
+    every global batch. With `config.data_service`, the training batches come from the tf.data service's
+    workers instead (`alexnet_tf.service`): each trainer reads its own job, shuffled and augmented with its
+    own seed, so trainers get different images; evaluation always runs here."""
     model = config.model
     until = None if colour_noise_until is None else max(0, colour_noise_until - start) * config.batch_size
+    seed = config.seed * 1_000_003 + start + (task * 7_919 if config.data_service else 0)
     train_ds = train_pipeline(source.train, stats, batch_size=config.batch_size, crop=model.image_size,
-                              resize=model.resize, decode=source.decode, seed=config.seed * 1_000_003 + start,
+                              resize=model.resize, decode=source.decode, seed=seed,
                               deterministic=config.deterministic, pca_lighting=config.pca_lighting, flip=config.flip,
                               pca_lighting_until=until)
     val_examples = source.validation
@@ -58,8 +62,20 @@ def for_training(config, source, stats, start, colour_noise_until=None):
         val_examples = val_examples.take(config.max_eval_images)
     val_ds = eval_pipeline(val_examples, stats, batch_size=config.batch_size, crop=model.image_size,
                            resize=model.resize, decode=source.decode, ten_crop=config.ten_crop)
+    if config.data_service:
+        # One job per trainer and start: two trainers sharing a job were measured to receive overlapping
+        # batches (BUILD_NOTES "tf.data service"). What a trainer reads from its job it must not shard again.
+        from alexnet_tf import service
+        train_ds = service.distribute(train_ds, config.data_service,
+                                      job_name=f"alexnet_tf:{config.workdir}:{start}:{task}")
     if config.strategy == "multi_worker":
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
+        train_ds = train_ds.with_options(_sharding(tf.data.experimental.AutoShardPolicy.OFF if config.data_service
+                                                   else tf.data.experimental.AutoShardPolicy.DATA))
+        val_ds = val_ds.with_options(_sharding(tf.data.experimental.AutoShardPolicy.DATA))
     return train_ds, val_ds
+
+
+def _sharding(policy):
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = policy
+    return options

@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import (checkpoints, cluster, config as config_lib, data, metrics, model as model_lib, optim,
-                        pipelines, placement, runs, sources, statistics, steps, summaries, workdir as workdir_lib)
+                        pipelines, placement, runs, service, sources, statistics, steps, summaries,
+                        workdir as workdir_lib)
 from alexnet_tf.metrics import NonFiniteLoss  # noqa: F401  (training.NonFiniteLoss: what a run raises)
 
 
@@ -108,6 +109,9 @@ def _set_up(config, strategy, chief, log):
                          f"{strategy.num_replicas_in_sync} replicas")
     workdir = Path(config.workdir)
     workdir_lib.check_resume(config, workdir_lib.recorded(workdir))
+    if config.data_service:
+        waited = service.wait_for(config.data_service, config.data_service_timeout)
+        log(f"training input from the tf.data service at {config.data_service} (answered in {waited:.1f} s)")
     source, stats = _load_data(config, log)
     if config.batch_size > source.num_train:  # it would never fill one batch, and the pipeline would wait
         raise ValueError(f"batch_size={config.batch_size}: larger than the training split of {source.name} "
@@ -128,7 +132,8 @@ def _set_up(config, strategy, chief, log):
     start = int(state.step.numpy())
     calendar = optim.checkpointed(state.schedule)
     train_ds, val_ds = pipelines.for_training(config, source, stats, start, colour_noise_until=(
-        calendar.colour_noise_until(steps_per_epoch) if hasattr(calendar, "colour_noise_until") else None))
+        calendar.colour_noise_until(steps_per_epoch) if hasattr(calendar, "colour_noise_until") else None),
+        task=strategy.cluster_resolver.task_id if config.strategy == "multi_worker" else 0)
     num_eval = min(source.num_validation, config.max_eval_images or source.num_validation)
     return Run(config=config, state=state, strategy=strategy, chief=chief, manager=manager, scratch=scratch,
                train_iter=iter(strategy.experimental_distribute_dataset(train_ds)),

@@ -10,7 +10,7 @@ from alexnet_tf import config as cfg, runs
 from helpers import ROOT, cli, subprocess_env
 
 
-TOOLS = ("train", "export", "predict", "benchmark", "study", "import_weights", "prepare")
+TOOLS = ("train", "export", "predict", "benchmark", "study", "import_weights", "prepare", "data_service")
 
 
 def test_config_and_tools_import_without_tensorflow():

@@ -202,6 +202,7 @@ def test_ctrl_c_checkpoints_and_exits_130_without_a_traceback(workdir, trained, 
     ("import_weights", ["--weights", "--workdir"]),
     ("benchmark", ["--sections", "--repeats"]),
     ("prepare", ["--format", "--output", "--tasks"]),
+    ("data_service", ["--dispatcher", "--work_dir", "--dispatcher_address"]),
 ])
 def test_help_lists_each_tools_flags_and_exits_0(tool, flags_shown):
     proc = cli(tool, "--help", timeout=60)

@@ -115,6 +115,11 @@ def _running(values):
     number("integer", "max_eval_images", D.max_eval_images, "Evaluate on at most this many validation images.")
     number("integer", "max_pixels", D.max_pixels, "Refuse (skip, with a line naming it) any image whose header says "
            "it has more pixels than this, before decoding it: a guard against decompression bombs.")
+    string("data_service", None, "grpc://HOST:PORT of a tf.data service dispatcher (alexnet-data-service): the "
+           "training pipeline (read, decode, crop, flip, lighting, batch) runs on its workers, each epoch's images "
+           "split among them; evaluation stays here. Default: all input runs in this process.")
+    number("float", "data_service_timeout", D.data_service_timeout, "Seconds to wait for --data_service's "
+           "dispatcher to answer at start-up before giving up.")
     string("export_dir", "export/alexnet", "After training, export a SavedModel to <export_dir>/<version>/ (when "
            "this run trained, or nothing was exported yet); empty to skip.")
 

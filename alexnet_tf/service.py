@@ -1,0 +1,69 @@
+"""The tf.data service: a dispatcher and workers on other machines run the training pipeline, so the trainer's
+host does not decode. TensorFlow's own servers (`tf.data.experimental.service`); this module starts them and
+points a training pipeline at them.
+
+Processing mode: `ShardingPolicy.DYNAMIC` ("distributed_epoch"). The dispatcher hands each epoch's input out
+to the workers in splits, so a job gives no image twice in an epoch (epochs may overlap a little at their
+boundary, as workers finish their splits at different times). It is at most once: a worker that dies loses
+the images of the split it was processing, and the others carry on. Each trainer of a multi-worker run reads
+its own job with its own seed, so the trainers get different images, each trainer every image once per epoch.
+Evaluation does not go through the service (it must see every validation image exactly once).
+
+Security: the open-source service speaks gRPC with insecure credentials (the only protocol, "grpc", is
+`InsecureCredentialsFactory` in tensorflow/core/data/service/credentials_factory.cc): no authentication and no
+encryption. Anyone who reaches a dispatcher's or worker's port can register a dataset (a graph of ops that run
+on the workers, file reads included) and read what the workers produce. Run them on a private network only.
+"""
+
+import time
+
+import tensorflow as tf
+
+from alexnet_tf.sources import DatasetError
+
+SERVICE = tf.data.experimental.service
+
+
+class ServiceError(DatasetError):
+    """The tf.data service cannot be used; the message names the address."""
+
+
+def start_dispatcher(port, work_dir=None):
+    """A dispatcher on `port` (0: any free one). With `work_dir` it journals its state there and, restarted
+    with the same one, takes up the jobs it had (fault-tolerant mode)."""
+    return SERVICE.DispatchServer(SERVICE.DispatcherConfig(port=port, work_dir=work_dir,
+                                                           fault_tolerant_mode=work_dir is not None))
+
+
+def start_worker(dispatcher_address, port=0, worker_address=None):
+    """A worker on `port` that registers with the dispatcher at `dispatcher_address` (HOST:PORT, no scheme);
+    `worker_address` is how trainers reach it (default localhost:<port>, right only on one machine)."""
+    config = SERVICE.WorkerConfig(dispatcher_address=dispatcher_address, port=port,
+                                  worker_address=worker_address or "localhost:%port%")
+    return SERVICE.WorkerServer(config)
+
+
+def wait_for(address, timeout, what="data_service"):
+    """Returns once something answers gRPC at `address` (grpc://HOST:PORT); ServiceError after `timeout` s.
+    (The service's own client would retry an absent dispatcher for ever.)"""
+    import grpc
+
+    target = address.split("://", 1)[-1]
+    channel = grpc.insecure_channel(target)
+    started = time.monotonic()
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise ServiceError(f"{what}={address}: no tf.data service dispatcher answered within {timeout:g} s; "
+                           f"start one there (alexnet-data-service --dispatcher --port=...) or fix the "
+                           f"address") from None
+    finally:
+        channel.close()
+    return time.monotonic() - started
+
+
+def distribute(dataset, address, job_name):
+    """`dataset` produced by the service at `address` as the job `job_name`: its workers run it, each epoch split
+    among them."""
+    return dataset.apply(SERVICE.distribute(processing_mode=SERVICE.ShardingPolicy.DYNAMIC, service=address,
+                                            job_name=job_name))

@@ -1,0 +1,134 @@
+"""The tf.data service (alexnet-data-service, --data_service): servers the tests start on loopback ports they
+pick, and stop."""
+
+import json
+import signal
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_tf import pipelines, runs, service, training
+from alexnet_tf.sources import Source
+from helpers import cli, free_port, subprocess_env, tiny_config
+
+
+def _server(*args):
+    """An alexnet-data-service child process, once it says it is listening."""
+    proc = cli("data_service", *args, wait=False)
+    line = proc.stdout.readline()
+    assert "listening on" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+    return proc
+
+
+def _stop(proc, sig=signal.SIGTERM):
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
+
+
+def _solid_source(count):
+    """A Source whose image i is a solid square of value i: after any crop or flip (and no colour noise, a zero
+    mean) every pixel of a training view still says which image it was."""
+    ids = tf.data.Dataset.range(count)
+    images = ids.map(lambda i: (tf.fill([8, 8, 3], tf.cast(i, tf.uint8)), i % 2))
+    return Source(name="solid", class_names=["even", "odd"], train=images, validation=images.take(2),
+                  num_train=count, num_validation=2,
+                  decode=lambda image, size=76: tf.image.resize(tf.cast(image, tf.float32), (size, size)))
+
+
+def test_each_trainer_gets_its_own_images_each_once_an_epoch(tmp_path):
+    dispatcher = service.start_dispatcher(free_port())
+    worker = service.start_worker(dispatcher.target.split("://")[1])
+    try:
+        config = runs.make_config(dataset="solid", workdir=str(tmp_path / "run"), preset="tiny", batch_size=8,
+                                  pca_lighting=False, data_service=dispatcher.target, strategy="multi_worker")
+        stats = {"mean": [0.0, 0.0, 0.0], "eigval": [0.0] * 3, "eigvec": np.eye(3).tolist()}
+        source = _solid_source(240)
+        # What the two workers of a multi-worker run build from the same config.
+        streams = [iter(pipelines.for_training(config, source, stats, start=0, task=t)[0]) for t in (0, 1)]
+        seen = {0: [], 1: []}
+        for _ in range(30):  # one epoch each
+            for task, stream in enumerate(streams):
+                images, _ = next(stream)
+                seen[task] += [int(round(float(v))) for v in images[:, 0, 0, 0].numpy()]
+        for task in (0, 1):
+            assert sorted(seen[task]) == list(range(240))  # every image once in the epoch
+        assert seen[0] != seen[1]  # in a different order and with other crops
+        assert sum(a == b for a, b in zip(seen[0], seen[1])) < 24  # not the same batches
+    finally:
+        worker.stop()
+        dispatcher.stop()
+
+
+def test_an_unreachable_dispatcher_is_one_line_after_a_bounded_wait(tmp_path, shapes_folder, data_dir):
+    address = f"grpc://localhost:{free_port()}"
+    proc = cli("train", f"--dataset=folder:{shapes_folder}", f"--data_dir={data_dir}", f"--workdir={tmp_path}/run",
+               "--preset=tiny", "--steps=2", "--batch_size=8", f"--data_service={address}",
+               "--data_service_timeout=1", "--export_dir=")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"alexnet-train: error: --data_service={address}: no tf.data service dispatcher "
+                                   f"answered within 1 s; start one there (alexnet-data-service --dispatcher "
+                                   f"--port=...) or fix the address")
+    worker = cli("data_service", "--worker", f"--dispatcher_address=localhost:{free_port()}",
+                 "--dispatcher_timeout=1")
+    assert worker.returncode == 1 and "--dispatcher_address=grpc://localhost:" in worker.stderr
+
+
+@pytest.mark.heavy
+def test_training_outlives_a_dead_data_worker_and_a_restarted_dispatcher(tmp_path, shapes_folder, data_dir):
+    port, journal = free_port(), tmp_path / "dispatcher"
+    servers = {"dispatcher": _server("--dispatcher", f"--port={port}", f"--work_dir={journal}")}
+    for name in ("worker0", "worker1"):
+        servers[name] = _server("--worker", f"--dispatcher_address=localhost:{port}")
+    events = []
+
+    def log(line):
+        """At the first evaluation a data worker dies; at the second the dispatcher is killed and restarted."""
+        if "validation top-1 error" not in line:
+            return
+        events.append(line)
+        if len(events) == 1:
+            servers["worker1"].send_signal(signal.SIGKILL)
+            servers["worker1"].communicate()
+        elif len(events) == 2:
+            _stop(servers["dispatcher"], signal.SIGKILL)
+            servers["dispatcher"] = _server("--dispatcher", f"--port={port}", f"--work_dir={journal}")
+
+    try:
+        config = tiny_config(tmp_path / "run", shapes_folder, data_dir, steps=30, eval_every=10, log_every=5,
+                             data_service=f"grpc://localhost:{port}")
+        result, _ = training.train(config, log=log)
+        assert result["step"] == 30 and len(events) == 3
+    finally:
+        codes = {name: _stop(proc)[0] for name, proc in servers.items() if proc.poll() is None}
+    assert codes == {"dispatcher": 0, "worker0": 0}  # SIGTERM stops a server cleanly
+
+
+@pytest.mark.heavy
+def test_a_multi_worker_run_reads_through_the_service(tmp_path, shapes_folder, data_dir):
+    dispatcher = service.start_dispatcher(free_port())
+    workers = [service.start_worker(dispatcher.target.split("://")[1]) for _ in range(2)]
+    cluster = {"worker": [f"localhost:{free_port()}", f"localhost:{free_port()}"]}
+    trainers = []
+    try:
+        for index in range(2):
+            env = subprocess_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            trainers.append(cli("train", f"--dataset=folder:{shapes_folder}", f"--data_dir={data_dir}",
+                                f"--workdir={tmp_path}/run", "--preset=tiny", "--steps=6", "--batch_size=8",
+                                "--eval_every=6", "--strategy=multi_worker", f"--data_service={dispatcher.target}",
+                                "--export_dir=", wait=False, env=env))
+        outs = []
+        for trainer in trainers:
+            out, err = trainer.communicate(timeout=600)
+            assert trainer.returncode == 0, err[-3000:]
+            outs.append(out)
+        assert json.loads((tmp_path / "run" / "config.json").read_text())["replicas"] == 2
+        assert "training input from the tf.data service at grpc://" in outs[0]  # the chief's output
+    finally:
+        for trainer in trainers:
+            if trainer.poll() is None:
+                trainer.kill()
+        for worker in workers:
+            worker.stop()
+        dispatcher.stop()
