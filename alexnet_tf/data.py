@@ -98,6 +98,10 @@ def load_tfds(name, data_dir=None, *, val_fraction=0.05, download=True, ordered=
             _download_and_prepare(builder, name, data_dir)
         except AssertionError as e:  # TFDS's way of saying the manual files are missing
             raise DatasetError(f"dataset={name}: {e}") from None
+        except (OSError, tf.errors.OpError) as e:  # TFDS creating its folders in a data_dir it cannot write
+            reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e).splitlines()[0]
+            raise DatasetError(f"data_dir={data_dir}: cannot prepare {name} there ({reason}); give a --data_dir "
+                               f"that can be written, or one where it is prepared already") from None
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise DatasetError(f"dataset={name}: not an image-classification dataset "

@@ -68,6 +68,10 @@ def load_folder(path, *, val_fraction=0.05, seed=0, max_pixels=MAX_PIXELS):
             n_val = max(1, int(round(val_fraction * len(files)))) if len(files) > 1 else 0
             val += [(f, label) for f in files[:n_val]]
             train += [(f, label) for f in files[n_val:]]
+    present = {label for _, label in train} | {label for _, label in val}
+    if empty := [c for i, c in enumerate(names) if i not in present]:
+        raise DatasetError(f"folder dataset {str(root)!r}: class folder(s) {', '.join(empty)} hold no files; "
+                           f"a class without images cannot be learned: add images or remove the folder")
     if len(names) < 2:
         raise DatasetError(f"folder dataset {str(root)!r} has one class ({names[0]}); classification needs at "
                            f"least two class folders")

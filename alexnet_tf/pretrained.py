@@ -165,8 +165,12 @@ def _npy_to_caffe(layer, w, b):
 def read_weights(path):
     """{layer: (kernel, bias)} in Caffe's layout from a .onnx or .npy file."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"weights={path}: is a folder; give the .onnx or .npy file in it")
     if not path.is_file():
         raise WeightsError(f"weights={path}: no such file")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"weights={path}: is an empty file (an interrupted download?)")
     if path.suffix.lower() == ".onnx":
         return read_onnx(path)
     if path.suffix.lower() == ".npy":

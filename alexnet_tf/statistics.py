@@ -72,11 +72,15 @@ def dataset_statistics(source, data_dir=None, *, recompute=False, max_images=200
     log(f"computing mean and PCA colour basis of {source.name} over up to {max_images} training images")
     squares = source.train.map(lambda image, label: source.decode(image), num_parallel_calls=tf.data.AUTOTUNE)
     stats = compute_statistics(squares, max_images=max_images)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Every worker of a multi-worker run computes the same statistics into a shared data_dir: each writes its
     # own temporary file, and the last rename wins with identical content.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stats, indent=2))
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(stats, indent=2))
+        tmp.replace(path)
+    except OSError as e:
+        raise DatasetError(f"data_dir={data_dir or default_data_dir()}: cannot store the statistics of {source.name} "
+                           f"in {path.parent} ({e.strerror}); give a --data_dir that can be written") from None
     log(f"stored statistics in {path}")
     return stats

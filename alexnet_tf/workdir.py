@@ -8,6 +8,7 @@ Layout (written by `alexnet-train` and `alexnet-import`):
     .lock         held by the trainer that runs in it
 """
 
+import contextlib
 import errno
 import os
 import re
@@ -70,10 +71,12 @@ class WorkdirLock:
     def __init__(self, workdir):
         self.path = Path(workdir) / ".lock"
         self._fd = None
+        self._created = []  # the folders the lock created, innermost first
 
     def __enter__(self):
         import fcntl
 
+        self._created = [p for p in [self.path.parent, *self.path.parent.parents] if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -91,6 +94,12 @@ class WorkdirLock:
     def __exit__(self, *exc):
         os.close(self._fd)  # closing releases the lock
         self._fd = None
+        # A run refused before it wrote anything leaves nothing behind: no lock file, nor the folders it made.
+        if [p.name for p in self.path.parent.iterdir()] == [".lock"]:
+            self.path.unlink()
+            for folder in self._created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 # ----------------------------------------------------------------------------

@@ -256,6 +256,15 @@ def test_a_file_of_the_wrong_layout_is_one_line_and_writes_nothing(tmp_path, kin
     assert not list(tmp_path.glob(".out.*"))  # no staging folder left behind
 
 
+def test_an_empty_file_or_a_folder_as_weights_says_so(tmp_path):
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(pretrained.WeightsError, match=r"weights=.*empty\.onnx: is an empty file"):
+        pretrained.read_weights(tmp_path / "empty.onnx")
+    (tmp_path / "zoo.onnx").mkdir()
+    with pytest.raises(pretrained.WeightsError, match=r"weights=.*zoo\.onnx: is a folder"):
+        pretrained.read_weights(tmp_path / "zoo.onnx")
+
+
 def test_import_never_writes_over_a_workdir(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")

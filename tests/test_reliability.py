@@ -238,9 +238,28 @@ def test_bad_folders_are_refused_before_training(tmp_path, shapes_folder):
     assert proc.returncode == 2 and "cannot be created" in one_error_line(proc)
 
 
+def test_folders_that_cannot_be_written_are_one_line_naming_the_flag(tmp_path, shapes_folder, tiny_run):
+    # /proc refuses new folders even to root, whose permission bits a read-only folder would not stop.
+    args = train_args(tmp_path / "run", shapes_folder, tmp_path / "data", 1)
+    proc = cli("train", *[a for a in args if not a.startswith("--export_dir")], "--export_dir=/proc/xyz")
+    assert proc.returncode == 2 and "--export_dir=/proc/xyz: cannot be written (/proc is not writable)" in \
+        one_error_line(proc)
+    proc = cli("export", f"--workdir={tiny_run}", "--export_dir=/proc/xyz")
+    assert proc.returncode == 1 and "--export_dir=/proc/xyz: cannot be written" in one_error_line(proc, "alexnet-export")
+    # A data_dir where the embedded dataset cannot be generated, and one where a folder's statistics cannot be
+    # stored: the flag and the folder, not a traceback.
+    proc = cli("train", "--data_dir=/proc/xyz", f"--workdir={tmp_path}/embedded", "--steps=1", "--export_dir=")
+    assert proc.returncode == 1 and "--data_dir=/proc/xyz: cannot prepare alexnet_shapes there" in one_error_line(proc)
+    proc = cli("train", *[a for a in args if not a.startswith("--data_dir")], "--data_dir=/proc/xyz")
+    assert proc.returncode == 1 and "--data_dir=/proc/xyz: cannot store the statistics of folder:" in \
+        one_error_line(proc)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "embedded").exists()
+
+
 @pytest.mark.parametrize("layout, message", [
     ("one_image_per_class", "no usable validation images"),
     ("one_class", "has one class"),
+    ("an_empty_class_folder", "class folder(s) empty_class hold no files"),
 ])
 def test_unusable_folder_datasets_are_one_line(tmp_path, shapes_folder, layout, message):
     folder = tmp_path / "dataset"
@@ -250,6 +269,8 @@ def test_unusable_folder_datasets_are_one_line(tmp_path, shapes_folder, layout, 
         (folder / c.name).mkdir(parents=True)
         for f in files:
             shutil.copy(f, folder / c.name / f.name)
+    if layout == "an_empty_class_folder":
+        (folder / "empty_class").mkdir()
     proc = cli("train", *train_args(tmp_path / "run", folder, tmp_path / "data", 1))
     assert proc.returncode == 1 and message in one_error_line(proc)
 
@@ -448,6 +469,13 @@ def test_a_batch_larger_than_the_training_split_is_refused_in_one_line(trained, 
     assert proc.returncode == 2
     assert re.search(r"--batch_size=100000: larger than the training split of folder:.* \(\d+ images\)",
                      one_error_line(proc)), proc.stderr
+    assert not (tmp_path / "new").exists()  # a refused run leaves no workdir holding only its .lock
+
+
+def test_a_refused_run_keeps_a_workdir_it_did_not_create(trained, shapes_folder, tmp_path):
+    (tmp_path / "mine").mkdir()
+    proc = cli("train", *train_args(tmp_path / "mine", shapes_folder, trained / "data", 1, "--batch_size=100000"))
+    assert proc.returncode == 2 and (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
 
 
 def test_a_garbage_tf_config_is_named_and_ignored_out_loud_by_other_strategies(monkeypatch, tmp_path, shapes_folder,

@@ -41,18 +41,22 @@ def error(name, message):
 
 
 def check_folder(flag, path):
-    """Raises ValueError (`flag=path: why`) unless `path` is a folder or can be created as one."""
+    """Raises ValueError (`flag=path: why`) unless `path` is a folder or can be created as one, and something
+    can be written there: tried, by creating (and removing) an empty folder in it or in its nearest existing
+    parent, since permission bits say nothing of read-only file systems or of /proc."""
     if not path:
         return
     target = Path(path).expanduser()
-    if target.exists():
-        if not target.is_dir():
-            raise ValueError(f"{flag}={path}: is a file, not a folder")
-        return
-    ancestor = next(p for p in target.parents if p.exists())
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag}={path}: cannot be created ({ancestor} is "
-                         f"{'a file' if not ancestor.is_dir() else 'not writable'})")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{flag}={path}: is a file, not a folder")
+    ancestor = next(p for p in [target, *target.parents] if p.exists())
+    if not ancestor.is_dir():
+        raise ValueError(f"{flag}={path}: cannot be created ({ancestor} is a file)")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".alexnet_tf_probe_", dir=ancestor))
+    except OSError as e:
+        where = "" if ancestor == target else f" ({ancestor} is not writable)"
+        raise ValueError(f"{flag}={path}: cannot be written{where}: {e.strerror}") from None
 
 
 def _import_tensorflow_quietly():

@@ -35,6 +35,8 @@ def _export(args):
         cli.error("alexnet-export", f"unexpected arguments: {' '.join(args)}")
         return 2
     cli.start_tensorflow(FLAGS)
+    import tensorflow as tf
+
     from alexnet_tf import export
 
     unknown = [k for k in FLAGS.tflite if k not in export.TFLITE_KINDS]
@@ -60,6 +62,10 @@ def _export(args):
             print(f"ONNX: {export.export_onnx(path, path.parent / f'alexnet_v{path.name}.onnx', record)}")
     except (export.ExportError, ValueError) as e:
         cli.error("alexnet-export", e)
+        return 1
+    except (OSError, tf.errors.OpError) as e:  # the folder became unwritable, or the disk failed, mid-export
+        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e).splitlines()[0]
+        cli.error("alexnet-export", f"--export_dir={FLAGS.export_dir}: writing failed: {reason}")
         return 1
     return 0
 
