@@ -245,7 +245,8 @@ def load(path):
         return ds.map(lambda ex: (ex["image"], ex["label"]))
 
     def decode(image, size=SIZE):
-        square = tf.cast(tf.io.decode_jpeg(image, channels=3) if jpeg else image, tf.float32)
+        # uint8 at the stored size: the pipelines crop and batch it as uint8 (a quarter of float32's bytes).
+        square = tf.io.decode_jpeg(image, channels=3) if jpeg else image
         square.set_shape([SIZE, SIZE, 3])
         return square if size == SIZE else preprocessing.center_square(square, size)
 

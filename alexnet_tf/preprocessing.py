@@ -79,7 +79,7 @@ def pca_lighting(image, eigval, eigvec, alpha):
 
 
 def random_pca_lighting(image, eigval, eigvec, seed, stddev=0.1):
-    return pca_lighting(image, eigval, eigvec, tf.random.stateless_normal([3], seed=seed, stddev=stddev))
+    return tf.cast(image, tf.float32) + lighting_shift(eigval, eigvec, seed, stddev)
 
 
 def center_crop(image, crop):
@@ -104,23 +104,44 @@ def ten_crops(image, crop, size=RESIZE):
 
 def train_view(square, seed, *, crop, mean, eigval, eigvec, pca_lighting=True, flip=True):
     """Everything the paper does to a training image after the central square (`decode_center_256`), minus
-    batching. `seed`: shape [2] int. `pca_lighting` and `flip` switch off the colour augmentation and the
-    reflections (ablations); `pca_lighting` may also be a boolean tensor (the colour noise switched off late
-    in a run)."""
+    batching: `apply_shift(*train_patch(...))`. `seed`: shape [2] int. `pca_lighting` and `flip` switch off
+    the colour augmentation and the reflections (ablations); `pca_lighting` may also be a boolean tensor (the
+    colour noise switched off late in a run)."""
+    return apply_shift(*train_patch(square, seed, crop=crop, mean=mean, eigval=eigval, eigvec=eigvec,
+                                    pca_lighting=pca_lighting, flip=flip))
+
+
+def train_patch(square, seed, *, crop, mean, eigval, eigvec, pca_lighting=True, flip=True):
+    """(the random crop, flipped, in the square's own dtype; the [3] colour shift to add to it: the PCA
+    lighting minus the mean). Split so that a pipeline can batch uint8 patches (a quarter of float32's
+    bytes) and add the shifts to the whole batch at once (`apply_shift`)."""
     crop_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    image = random_crop_and_flip(square, crop, crop_seed, flip=flip)
-    if isinstance(pca_lighting, bool):
-        if pca_lighting:
-            image = random_pca_lighting(image, eigval, eigvec, colour_seed)
-    else:
-        image = tf.where(pca_lighting, random_pca_lighting(image, eigval, eigvec, colour_seed), image)
-    return image - tf.convert_to_tensor(mean, tf.float32)
+    patch = random_crop_and_flip(square, crop, crop_seed, flip=flip)
+    mean = tf.convert_to_tensor(mean, tf.float32)
+    if isinstance(pca_lighting, bool) and not pca_lighting:
+        return patch, -mean
+    delta = lighting_shift(eigval, eigvec, colour_seed)
+    if not isinstance(pca_lighting, bool):
+        delta = tf.where(pca_lighting, delta, tf.zeros_like(delta))
+    return patch, delta - mean
+
+
+def lighting_shift(eigval, eigvec, seed, stddev=0.1):
+    """The paper's colour shift of one image: eigvec @ (alpha * eigval), alpha ~ N(0, stddev) from `seed`."""
+    alpha = tf.random.stateless_normal([3], seed=seed, stddev=stddev)
+    return tf.linalg.matvec(tf.convert_to_tensor(eigvec, tf.float32), alpha * tf.convert_to_tensor(eigval, tf.float32))
+
+
+def apply_shift(patch, shift):
+    """float32 patch(es) plus their colour shift(s): [H, W, 3] and [3], or a batch [N, H, W, 3] and [N, 3]."""
+    shift = tf.convert_to_tensor(shift, tf.float32)
+    return tf.cast(patch, tf.float32) + shift[..., None, None, :]
 
 
 def eval_view(square, *, crop, mean, ten_crop=False):
     """The centre crop ([crop, crop, 3]) or the ten views ([10, crop, crop, 3]) of a central square, mean
     subtracted."""
-    image = square - tf.convert_to_tensor(mean, tf.float32)
+    image = tf.cast(square, tf.float32) - tf.convert_to_tensor(mean, tf.float32)
     return ten_crops(image, crop, image.shape[0] or tf.shape(image)[0]) if ten_crop else center_crop(image, crop)
 
 

@@ -65,5 +65,6 @@ def wait_for(address, timeout, what="data_service"):
 def distribute(dataset, address, job_name):
     """`dataset` produced by the service at `address` as the job `job_name`: its workers run it, each epoch split
     among them."""
+    # No compression: the batches are pixels, which Snappy barely shrinks, at a cost per byte on both ends.
     return dataset.apply(SERVICE.distribute(processing_mode=SERVICE.ShardingPolicy.DYNAMIC, service=address,
-                                            job_name=job_name))
+                                            job_name=job_name, compression=None))

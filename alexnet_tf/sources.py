@@ -14,8 +14,8 @@ class DatasetError(ValueError):
 class Source:
     """A dataset as stored images: `train` and `validation` are `tf.data.Dataset`s of (stored image, int64
     label), and `decode(image, size)` turns one stored image into what the pipelines crop: its central
-    square at size x size, float32 0..255. Every dataset read today stores encoded files (JPEG, PNG, ...);
-    one stored otherwise (as squares already) would give its own `decode`."""
+    square at size x size, 0..255 (float32, or uint8 where no resizing was needed). Datasets of encoded files
+    (JPEG, PNG, ...) decode with `decode_center_256`; prepared ones (squares already) give their own."""
     name: str
     class_names: list
     train: object

@@ -77,13 +77,20 @@ def test_check_targets_judges_each_target_from_the_measurements():
         "matmul": {"gflops": 100.0},
         "train": [_step(at_90 * 0.5, batch_size=32), _step(at_90 * 1.01)],
         "precision": [_step(at_90 * 1.01 * 1.69, "mixed_bfloat16"), _step(1.0, "float32", jit=True)],
-        "e2e": {"images_per_s": at_90 * 1.01 * 0.91, "batch_size": 128},
+        "e2e": {"source": {"images_per_s": at_90 * 1.01 * 0.91, "batch_size": 128},
+                "raw256": {"images_per_s": at_90 * 1.01 * 0.94, "batch_size": 128}},
+        "pipeline": {"source": {"images_per_s_per_core": 100.0, "bytes_per_image": 110e3},
+                     "jpeg256": {"images_per_s_per_core": 301.0, "bytes_per_image": 20e3},
+                     "raw256": {"images_per_s_per_core": 990.0, "bytes_per_image": 196608},
+                     "service": [{"workers": 0, "images_per_s": 100.0}, {"workers": 1, "images_per_s": 86.0}]},
         "memory": {"peak_rss_bytes": 3.1 * 2**30, "batch_size": 128},
         "inference": [{"model": "savedmodel", "batch1": {"median_s": 0.010}, "top1_agreement": 1.0},
                       {"model": "tflite_int8", "batch1": {"median_s": 0.004}, "top1_agreement": 0.995}],
     }
     met = {t["target"].split(" >=")[0].split(" <=")[0]: t["met"] for t in check_targets(results)}
     assert met == {"fp32 train step": True, "mixed_bfloat16": False, "training from JPEGs": True,
+                   "training from raw256": False, "jpeg256": True, "raw256": False,
+                   "tf.data service with one worker": True,
                    "peak resident memory of training": False, "TFLite int8 batch-1 latency": True}
     # Only what was measured is judged.
     assert [t["target"] for t in check_targets({"memory": results["memory"]})] == \

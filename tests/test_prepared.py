@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_tf import data, export, prepared, preprocessing, runs, statistics, training
+from alexnet_tf import data, export, prepared, runs, statistics, training
 from alexnet_tf.config import EMBEDDED_DATASET
 from alexnet_tf.sources import DatasetError
 from helpers import cli

@@ -6,8 +6,10 @@
 Sections: forward (inference of the Keras model), matmul (the fp32 ceiling),
 train (train step at --train_batches, fp32), precision (mixed precision and
 XLA at batch 128), finetune (steps that train fc6-fc8 or fc8 only, against
-the full step and their FLOP ratio), pipeline (input pipeline alone on ImageNet-like JPEGs),
-e2e (training that reads those JPEGs), inference (Keras, SavedModel, TFLite
+the full step and their FLOP ratio), pipeline (the input pipeline alone on ImageNet-like
+JPEGs or --dataset's images, as stored and prepared as jpeg256 and raw256: images/s a core,
+bytes an image, cores to feed one GPU; and through a tf.data service on loopback), e2e
+(training the paper model from each of those formats), inference (Keras, SavedModel, TFLite
 variants; needs a trained --workdir for the agreement figures), serving (batch-1
 latency and batch-64 throughput of the 1000-class paper model, untrained, as
 SavedModel, each TFLite variant and ONNX Runtime, against the machine's limit:
@@ -41,8 +43,13 @@ flags.DEFINE_list("train_batches", ["32", "128", "256"], "Batch sizes for the fp
 flags.DEFINE_integer("repeats", 5, "Timed repetitions per measurement (after warm-up); the median is reported.",
                      lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("warmup", 2, "Untimed calls before each measurement.", lower_bound=0, flag_values=FLAGS)
-flags.DEFINE_integer("jpegs", 512, "ImageNet-like JPEGs (500x375) to generate for the pipeline sections.",
+flags.DEFINE_integer("jpegs", 512, "ImageNet-like JPEGs (500x375) to generate for the pipeline sections (or "
+                     "images of --dataset to read).",
                      lower_bound=64, flag_values=FLAGS)
+flags.DEFINE_string("dataset", None, "The pipeline sections' images: the first --jpegs training images of this "
+                    "dataset (any name alexnet-train takes) instead of generated ImageNet-like JPEGs.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "TFDS data directory for --dataset.", flag_values=FLAGS)
 flags.DEFINE_string("workdir", "runs/alexnet_shapes-paper",
                     "A trained alexnet-train workdir for the inference section (its model is exported to "
                     "SavedModel and TFLite and compared with Keras on validation images).", flag_values=FLAGS)
@@ -90,7 +97,8 @@ def _benchmark(args):
 
     log = (lambda m: print(m, file=sys.stderr)) if FLAGS.json else print
     results = sections.measure(FLAGS.sections, forward_batches=forward_batches, train_batches=train_batches,
-                               repeats=FLAGS.repeats, warmup=FLAGS.warmup, jpegs=FLAGS.jpegs, workdir=FLAGS.workdir,
+                               repeats=FLAGS.repeats, warmup=FLAGS.warmup, jpegs=FLAGS.jpegs, dataset=FLAGS.dataset,
+                               data_dir=FLAGS.data_dir, workdir=FLAGS.workdir,
                                profile_dir=FLAGS.profile_dir, log=log)
     if FLAGS.json:
         print(json.dumps(results, indent=2))

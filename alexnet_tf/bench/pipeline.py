@@ -1,6 +1,9 @@
-"""The input pipeline alone, and training end to end from JPEGs: what feeding the step costs."""
+"""The input pipeline alone (from stored JPEGs, jpeg256 and raw256, locally and through the tf.data service),
+and training end to end from each: what feeding the step costs."""
 
+import dataclasses
 import time
+from pathlib import Path
 
 from alexnet_tf.bench import flops as flops_lib
 
@@ -8,8 +11,6 @@ from alexnet_tf.bench import flops as flops_lib
 def write_imagenet_like_jpegs(directory, count, *, classes=10, size=(375, 500), seed=0):
     """`count` JPEGs of ImageNet's typical size with natural-image statistics (a 1/f amplitude spectrum), in
     class sub-folders, for pipeline benchmarks. Returns the folder."""
-    from pathlib import Path
-
     import numpy as np
     import tensorflow as tf
 
@@ -39,40 +40,141 @@ def bench_statistics():
     return {"mean": [120.0, 115.0, 105.0], **{k: IMAGENET_STATISTICS[k] for k in ("eigval", "eigvec")}}
 
 
-def _folder_pipeline(folder, batch_size, crop=227):
-    from alexnet_tf import folders, pipelines
-
-    source = folders.load_folder(str(folder), val_fraction=0.01)
-    return source, pipelines.train_pipeline(source.train.cache(), bench_statistics(), batch_size=batch_size,
-                                            crop=crop, decode=source.decode, shuffle_buffer=1000)
+# The formats the pipeline section compares: the stored JPEGs as today, and alexnet-prepare's two.
+FORMATS = ("source", "jpeg256", "raw256")
+# The GPU rate the cores-needed column is for (BUILD_NOTES' one-A100 plan for the paper model).
+GPU_IMAGES_PER_S = 8000
 
 
-def pipeline_throughput(folder, batch_size, *, crop=227, batches=20, warmup=3):
-    """Images/s of the training input pipeline alone (decode, crop, flip, PCA lighting, batch)."""
+def benchmark_source(folder=None, dataset=None, data_dir=None, count=512):
+    """The images the pipeline sections read: the generated JPEGs in `folder`, or the first `count` training
+    images of `dataset` (any name alexnet-train takes)."""
+    from alexnet_tf import data
+
+    if dataset is None:
+        return data.load_dataset(f"folder:{folder}", val_fraction=0.05, ordered=True)
+    source = data.load_dataset(dataset, data_dir, ordered=True)
+    return dataclasses.replace(source, train=source.train.take(count), num_train=min(count, source.num_train),
+                               validation=source.validation.take(16), num_validation=min(16, source.num_validation))
+
+
+def in_formats(source, root):
+    """{format: Source}: `source`, and its jpeg256 and raw256 copies prepared under `root`."""
+    from alexnet_tf import prepared
+
+    sources = {"source": source}
+    for fmt in prepared.FORMATS:
+        prepared.prepare(source, Path(root) / fmt, fmt, statistics=bench_statistics(), log=lambda *_: None,
+                         progress=False)
+        sources[fmt] = prepared.load(Path(root) / fmt)
+    return sources
+
+
+def bytes_per_image(fmt, source, root, sample=512):
+    """Bytes on disk per image: the stored files of the source (a sample), the shards of a prepared copy."""
     import tensorflow as tf
 
-    source, ds = _folder_pipeline(folder, batch_size, crop)
-    iterator = iter(ds)
+    from alexnet_tf import prepared
+
+    if fmt != "source":
+        return prepared.disk_size(Path(root) / fmt) / (source.num_train + source.num_validation)
+    lengths = source.train.take(sample).map(lambda image, label: tf.strings.length(image))
+    sizes = list(lengths.as_numpy_iterator())
+    return sum(sizes) / max(1, len(sizes))
+
+
+def _train_ds(source, batch_size, crop=227, distribute=None):
+    from alexnet_tf import pipelines
+
+    return pipelines.train_pipeline(source.train, bench_statistics(), batch_size=batch_size, crop=crop,
+                                    decode=source.decode, shuffle_buffer=1000, distribute=distribute)
+
+
+def throughput(ds, batch_size, *, batches=20, warmup=3):
+    """Images/s of reading `ds` (batches of images, or an iterator over them) to the host."""
+    import tensorflow as tf
+
+    iterator = ds if hasattr(ds, "__next__") else iter(ds)
     for _ in range(warmup):
         next(iterator)
     start = time.perf_counter()
     for _ in range(batches):
         tf.nest.map_structure(lambda t: t.numpy(), next(iterator))
-    seconds = time.perf_counter() - start
-    return {"images_per_s": batches * batch_size / seconds, "batch_size": batch_size, "batches": batches,
-            "files": source.num_train}
+    return batches * batch_size / (time.perf_counter() - start)
 
 
-def end_to_end(folder, batch_size, *, steps=10, warmup=2, precision="float32"):
-    """Images/s of training that reads and augments JPEGs from `folder` (paper model)."""
+def format_rows(sources, root, batch_size, *, batches=20, cores=None):
+    """{format: {images_per_s, images_per_s_per_core, bytes_per_image, cores_for_gpu}} of the training
+    pipeline alone (read, decode, crop, flip, PCA lighting, batch) on every core of this machine."""
+    import os
+
+    cores = cores or len(os.sched_getaffinity(0))
+    rows = {}
+    for fmt, source in sources.items():
+        rate = throughput(_train_ds(source, batch_size), batch_size, batches=batches)
+        rows[fmt] = {"images_per_s": rate, "images_per_s_per_core": rate / cores,
+                     "bytes_per_image": bytes_per_image(fmt, source, root),
+                     "cores_for_gpu": GPU_IMAGES_PER_S / (rate / cores), "batch_size": batch_size, "cores": cores}
+    # What is left once nothing is read or decoded: raw256's squares held in memory, cropped, flipped, lit and
+    # batched. No stored format can be faster than this.
+    import numpy as np
+    import tensorflow as tf
+
+    raw = sources["raw256"]
+    squares, labels = (np.stack(column) for column in zip(*raw.train.as_numpy_iterator()))
+    in_memory = dataclasses.replace(raw, train=tf.data.Dataset.from_tensor_slices((squares, labels)))
+    rate = throughput(_train_ds(in_memory, batch_size), batch_size, batches=batches)
+    rows["augment_only"] = {"images_per_s": rate, "images_per_s_per_core": rate / cores, "batch_size": batch_size}
+    return rows
+
+
+def service_rows(source, batch_size, *, batches=20, worker_counts=(1, 2)):
+    """Images/s of the trainer's pipeline read here and through a tf.data service on loopback with each of
+    `worker_counts` workers (alexnet-data-service processes on this machine, sharing its cores: on a small
+    machine this shows the service's overhead, not its scaling)."""
+    from alexnet_tf import service
+
+    rows = [{"workers": 0, "images_per_s": throughput(_train_ds(source, batch_size), batch_size, batches=batches)}]
+    for count in worker_counts:
+        # Servers in their own processes: an in-process WorkerServer.stop() was measured to hang after a job.
+        dispatcher, port = _service_process("--dispatcher", "--port=0")
+        workers = [_service_process("--worker", f"--dispatcher_address=localhost:{port}")[0] for _ in range(count)]
+        try:
+            ds = _train_ds(source, batch_size, distribute=lambda batches: service.distribute(
+                batches, f"grpc://localhost:{port}", job_name=f"bench{count}"))
+            rows.append({"workers": count, "images_per_s": throughput(ds, batch_size, batches=batches)})
+        finally:
+            for proc in [*workers, dispatcher]:
+                proc.kill()
+                proc.wait()
+    return rows
+
+
+def _service_process(*args):
+    """(an alexnet-data-service child process, the port it listens on), once it says it is listening."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "tools.data_service", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).resolve().parents[2])
+    line = proc.stdout.readline()
+    found = re.search(r"port (\d+)", line)
+    if not found:
+        proc.kill()
+        raise RuntimeError(f"alexnet-data-service {' '.join(args)} did not start: {line!r}")
+    return proc, int(found.group(1))
+
+
+def end_to_end(source, batch_size, *, steps=10, warmup=2, precision="float32"):
+    """Images/s of training the paper model on batches from `source`'s training pipeline."""
     from alexnet_tf import steps as steps_lib
     from alexnet_tf.model import build_alexnet
 
     with steps_lib.precision_policy(precision):
-        source, ds = _folder_pipeline(folder, batch_size)
         model = build_alexnet(source.num_classes, seed=0)
         step = steps_lib.paper_train_step(model, batch_size, precision=precision)
-        iterator = iter(ds)
+        iterator = iter(_train_ds(source, batch_size))
         for _ in range(warmup):
             float(step(*next(iterator))[0])
         start = time.perf_counter()

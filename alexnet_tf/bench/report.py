@@ -1,5 +1,6 @@
 """The benchmark's results as a readable table (the tool's default output; --json prints them as they are)."""
 
+from alexnet_tf.bench import pipeline
 from alexnet_tf.bench.flops import ceiling_fraction
 
 _LINE = "{:<40}{:>7}{:>12}{:>18}{:>11}  {}"
@@ -55,10 +56,21 @@ def _print_training(results, ceiling):
 
 def _print_input(results, fp32):
     if "pipeline" in results:
-        _row("input pipeline alone (JPEG 500x375)", results["pipeline"])
-    if "e2e" in results:
-        e2e = results["e2e"]
-        _row("training from JPEGs, fp32", e2e,
+        rows = results["pipeline"]
+        for fmt in pipeline.FORMATS:
+            r = rows[fmt]
+            _row(f"pipeline, {fmt} ({r['bytes_per_image'] / 1e3:.0f} KB/image)", r,
+                 f"{r['images_per_s_per_core']:.0f} images/s a core, {r['cores_for_gpu']:.0f} cores to feed "
+                 f"{pipeline.GPU_IMAGES_PER_S} images/s")
+        if "augment_only" in rows:
+            _row("  squares in memory (nothing read or decoded)", rows["augment_only"],
+                 f"{rows['augment_only']['images_per_s_per_core']:.0f} images/s a core: the floor")
+        local = rows["service"][0]["images_per_s"]
+        for r in rows["service"][1:]:
+            _row(f"  jpeg256 via service, {r['workers']} worker(s)", {**r, "batch_size": 128},
+                 f"{r['images_per_s'] / local:.2f}x local (same {rows['source']['cores']} cores: overhead, not scaling)")
+    for fmt, e2e in results.get("e2e", {}).items():
+        _row(f"training from {fmt}, fp32", e2e,
              f"{e2e['images_per_s'] / fp32[e2e['batch_size']]:.0%} of in-memory" if fp32.get(e2e["batch_size"]) else "")
 
 

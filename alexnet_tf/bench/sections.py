@@ -14,7 +14,7 @@ PRECISIONS = (("mixed_bfloat16", False), ("mixed_float16", False), ("float32", T
 
 
 def measure(sections, *, forward_batches=(1, 128), train_batches=(32, 128, 256), repeats=5, warmup=2, jpegs=512,
-            workdir=None, profile_dir=None, log=print):
+            dataset=None, data_dir=None, workdir=None, profile_dir=None, log=print):
     """Runs each of `sections` (names from SECTIONS); returns {"machine", <section>: ..., "targets"}."""
     from alexnet_tf.model import build_alexnet
 
@@ -35,14 +35,7 @@ def measure(sections, *, forward_batches=(1, 128), train_batches=(32, 128, 256),
         log("timing fine-tuning steps")
         results["finetune"] = train.fine_tuning(FINETUNE_LAYERS, warmup=w, repeats=r)
     if "pipeline" in sections or "e2e" in sections:
-        folder = tempfile.mkdtemp(prefix="alexnet_bench_jpegs_")
-        log(f"writing {jpegs} ImageNet-like JPEGs to {folder}")
-        pipeline.write_imagenet_like_jpegs(folder, jpegs)
-        if "pipeline" in sections:
-            results["pipeline"] = pipeline.pipeline_throughput(folder, 128)
-        if "e2e" in sections:
-            log("timing end-to-end training from JPEGs")
-            results["e2e"] = pipeline.end_to_end(folder, 128, steps=max(10, r))
+        results.update(_input(sections, jpegs, dataset, data_dir, max(10, r), log))
     if "inference" in sections:
         results["inference"] = serving.inference_models(workdir, repeats=r, warmup=w, log=log)
     if "serving" in sections:
@@ -54,4 +47,32 @@ def measure(sections, *, forward_batches=(1, 128), train_batches=(32, 128, 256),
         log(f"profiling the fp32 train step at batch 128 into {profile_dir}")
         results["profile"] = profile.profile(profile_dir)
     results["targets"] = targets.check_targets(results)
+    return results
+
+
+def _input(sections, jpegs, dataset, data_dir, steps, log):
+    """The pipeline section ({format: row}, and the service rows) and the e2e one ({format: row}), on
+    generated ImageNet-like JPEGs or the first `jpegs` images of `dataset`, prepared in both formats."""
+    import shutil
+
+    results = {}
+    root = tempfile.mkdtemp(prefix="alexnet_bench_input_")
+    try:
+        folder = None
+        if dataset is None:
+            folder = f"{root}/jpegs"
+            log(f"writing {jpegs} ImageNet-like JPEGs to {folder}")
+            pipeline.write_imagenet_like_jpegs(folder, jpegs)
+        source = pipeline.benchmark_source(folder, dataset, data_dir, jpegs)
+        log(f"preparing {source.name} as jpeg256 and raw256 in {root}")
+        sources = pipeline.in_formats(source, root)
+        if "pipeline" in sections:
+            log("timing the input pipeline from each format, and through a tf.data service on loopback")
+            results["pipeline"] = {**pipeline.format_rows(sources, root, 128), "dataset": source.name,
+                                   "service": pipeline.service_rows(sources["jpeg256"], 128)}
+        if "e2e" in sections:
+            log("timing end-to-end training from each format")
+            results["e2e"] = {fmt: pipeline.end_to_end(s, 128, steps=steps) for fmt, s in sources.items()}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     return results
