@@ -96,10 +96,10 @@ def test_training_outlives_a_dead_data_worker_and_a_restarted_dispatcher(tmp_pat
             servers["dispatcher"] = _server("--dispatcher", f"--port={port}", f"--work_dir={journal}")
 
     try:
-        config = tiny_config(tmp_path / "run", shapes_folder, data_dir, steps=30, eval_every=10, log_every=5,
+        config = tiny_config(tmp_path / "run", shapes_folder, data_dir, steps=24, eval_every=8, log_every=4,
                              data_service=f"grpc://localhost:{port}")
         result, _ = training.train(config, log=log)
-        assert result["step"] == 30 and len(events) == 3
+        assert result["step"] == 24 and len(events) == 3
     finally:
         codes = {name: _stop(proc)[0] for name, proc in servers.items() if proc.poll() is None}
     assert codes == {"dispatcher": 0, "worker0": 0}  # SIGTERM stops a server cleanly
