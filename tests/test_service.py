@@ -106,7 +106,9 @@ def test_training_outlives_a_dead_data_worker_and_a_restarted_dispatcher(tmp_pat
 
 
 @pytest.mark.heavy
-def test_a_multi_worker_run_reads_through_the_service(tmp_path, shapes_folder, data_dir):
+def test_a_hybrid_multi_worker_run_reads_through_the_service(tmp_path, shapes_folder, data_dir):
+    """Two loopback workers, each with the paper's towers on two CPU devices (the hybrid scheme, which is
+    multi_worker plus placement), reading their batches from a service with two workers."""
     dispatcher = service.start_dispatcher(free_port())
     workers = [service.start_worker(dispatcher.target.split("://")[1]) for _ in range(2)]
     cluster = {"worker": [f"localhost:{free_port()}", f"localhost:{free_port()}"]}
@@ -116,14 +118,16 @@ def test_a_multi_worker_run_reads_through_the_service(tmp_path, shapes_folder, d
             env = subprocess_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
             trainers.append(cli("train", f"--dataset=folder:{shapes_folder}", f"--data_dir={data_dir}",
                                 f"--workdir={tmp_path}/run", "--preset=tiny", "--steps=6", "--batch_size=8",
-                                "--eval_every=6", "--strategy=multi_worker", f"--data_service={dispatcher.target}",
+                                "--eval_every=6", "--strategy=multi_worker", "--cpu_devices=2",
+                                "--tower_devices=/CPU:0,/CPU:1", f"--data_service={dispatcher.target}",
                                 "--export_dir=", wait=False, env=env))
         outs = []
         for trainer in trainers:
             out, err = trainer.communicate(timeout=600)
             assert trainer.returncode == 0, err[-3000:]
             outs.append(out)
-        assert json.loads((tmp_path / "run" / "config.json").read_text())["replicas"] == 2
+        recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+        assert recorded["replicas"] == 2 and recorded["tower_devices"] == ["/CPU:0", "/CPU:1"]
         assert "training input from the tf.data service at grpc://" in outs[0]  # the chief's output
     finally:
         for trainer in trainers:
