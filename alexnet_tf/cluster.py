@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import sys
 
 import keras
 import tensorflow as tf
@@ -51,7 +52,8 @@ def make_strategy(config, log=print):
     # Configured by the TF_CONFIG environment variable.
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS)
     if not config.hybrid:
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        return _when_peers_answer(lambda: tf.distribute.MultiWorkerMirroredStrategy(communication_options=options),
+                                  config.cluster_timeout, log)
     # One replica per worker, on its first GPU (or the CPU): the strategy makes one replica per GPU it is
     # told of, and a resolver other than TFConfigClusterResolver is asked how many there are. The
     # replica's towers then run on the devices `tower_devices` names (`build_state`).
@@ -60,7 +62,65 @@ def make_strategy(config, log=print):
         tf_config.cluster_spec(), task_type=tf_config.task_type, task_id=tf_config.task_id,
         rpc_layer=tf_config.rpc_layer or "grpc",
         num_accelerators={"GPU": 1} if tf.config.list_physical_devices("GPU") else {})
-    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
+    return _when_peers_answer(lambda: tf.distribute.MultiWorkerMirroredStrategy(
+        cluster_resolver=resolver, communication_options=options), config.cluster_timeout, log)
+
+
+# The watchdog of `_when_peers_answer`: a separate Python (no TensorFlow), which ends the trainer if it is
+# still waiting for its peers after the timeout, saying which of them never answered.
+_WATCHDOG = r"""
+import os, select, signal, socket, sys
+timeout, parent, prog, peers = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+if select.select([sys.stdin], [], [], timeout)[0]:
+    sys.exit(0)  # the trainer connected (or ended: end of file)
+def answers(address):
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1.0).close()
+        return True
+    except (OSError, ValueError):
+        return False
+silent = [p for p in peers if not answers(p)] or peers
+sys.stderr.write(f"{prog}: error: --cluster_timeout={timeout:g}: worker(s) {', '.join(silent)} never answered "
+                 f"within {timeout:g} s; start every worker in TF_CONFIG with the same flags, or check their "
+                 f"addresses\n")
+sys.stderr.flush()
+os.kill(parent, signal.SIGKILL)  # the waiting trainer takes SIGTERM for preemption and stays
+"""
+
+
+def _when_peers_answer(build, timeout, log):
+    """`build()`'s multi-worker strategy. Building it blocks until every worker in TF_CONFIG has started, inside
+    TensorFlow and holding Python's interpreter lock, so that no Python signal handler or thread can run until
+    it returns (measured: BUILD_NOTES "Failure modes"). So: one line says whom this worker waits for; SIGINT
+    gets its default action meanwhile, which ends the process at once (130); and a watchdog process ends it
+    (SIGKILL) after `timeout` s with one line naming the workers that never answered. SIGTERM is caught by
+    TensorFlow's own preemption notifier, which the strategy installs while it waits."""
+    import subprocess
+
+    peers = _peers()
+    handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGINT)}
+    log(f"waiting for the other workers of the cluster ({', '.join(peers)}); giving up after {timeout:g} s "
+        f"(--cluster_timeout)")
+    sys.stdout.flush()
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(timeout), str(os.getpid()),
+                                 "alexnet-train", *peers], stdin=subprocess.PIPE)
+    try:
+        return build()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        watchdog.stdin.write(b"connected\n")
+        watchdog.stdin.close()
+        watchdog.wait()
+
+
+def _peers():
+    """The other tasks' addresses in TF_CONFIG."""
+    spec = json.loads(os.environ["TF_CONFIG"])
+    me = spec.get("task", {})
+    return [address for kind, addresses in spec.get("cluster", {}).items() for i, address in enumerate(addresses)
+            if (kind, i) != (me.get("type"), me.get("index"))]
 
 
 def is_chief(strategy):

@@ -143,6 +143,7 @@ class TrainConfig:
     max_pixels: int = MAX_PIXELS     # larger images are refused unread
     data_service: str | None = None  # grpc://HOST:PORT of a tf.data service dispatcher: training input runs there
     data_service_timeout: float = 60  # seconds to wait for that dispatcher at start-up
+    cluster_timeout: float = 300     # multi_worker: seconds to wait for every worker in TF_CONFIG to start
 
     @property
     def hybrid(self):
@@ -190,8 +191,9 @@ class TrainConfig:
         if self.data_service is not None and not re.fullmatch(r"grpc://[^/:\s]+:\d{1,5}", self.data_service):
             _bad(self, "data_service", "must be grpc://HOST:PORT, the address alexnet-data-service --dispatcher "
                                        "printed")
-        if not (self.data_service_timeout > 0 and math.isfinite(self.data_service_timeout)):
-            _bad(self, "data_service_timeout", "must be a finite number of seconds > 0")
+        for field in ("data_service_timeout", "cluster_timeout"):
+            if not (getattr(self, field) > 0 and math.isfinite(getattr(self, field))):
+                _bad(self, field, "must be a finite number of seconds > 0")
         if self.tower_devices is not None and len(self.tower_devices) != 2:
             _bad(self, "tower_devices", "needs two devices (tower a, tower b)")
         if self.tower_devices is not None and self.strategy == "mirrored":

@@ -52,7 +52,8 @@ def make_config(**values):
 # how it is placed. Everything else shapes the model, the data or the optimizer state.
 RESUMABLE_CHANGES = ("steps", "epochs", "log_every", "eval_every", "ckpt_every", "max_eval_images", "ten_crop",
                      "data_dir", "workdir", "strategy", "tower_devices", "cpu_devices", "jit", "deterministic",
-                     "init_from", "max_pixels", "data_service", "data_service_timeout")
+                     "init_from", "max_pixels", "data_service", "data_service_timeout",
+                     "cluster_timeout")
 
 
 def resume_conflicts(config, recorded):

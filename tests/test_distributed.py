@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -9,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from helpers import free_port, run_with_devices as run, subprocess_env
+from helpers import cli, free_port, run_with_devices as run, subprocess_env
 
 
 def test_momentum_slots_and_updates_stay_on_their_towers_device():
@@ -125,3 +126,24 @@ def test_two_workers_match_one_process_on_the_same_global_batches(tmp_path, shap
         np.testing.assert_allclose(w0[key], reference[key], atol=1e-5, rtol=0, err_msg=key)
     assert sum(not np.allclose(reference[k], w) for k, w in zip(reference.files, initial)) >= 15  # it trained
     assert (tmp_path / "multi" / "checkpoints").is_dir() and not list((tmp_path / "multi").glob("tmp_worker_*"))
+
+
+def test_a_worker_whose_peer_never_starts_gives_up_naming_it_and_ctrl_c_ends_the_wait(tmp_path, shapes_folder,
+                                                                                      data_dir):
+    peer = f"localhost:{free_port()}"
+    env = subprocess_env(TF_CONFIG=json.dumps({"cluster": {"worker": [f"localhost:{free_port()}", peer]},
+                                               "task": {"type": "worker", "index": 0}}))
+    args = (f"--dataset=folder:{shapes_folder}", f"--data_dir={data_dir}", f"--workdir={tmp_path}/run",
+            "--preset=tiny", "--batch_size=8", "--steps=2", "--strategy=multi_worker", "--export_dir=")
+    proc = cli("train", *args, "--cluster_timeout=3", env=env, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert f"waiting for the other workers of the cluster ({peer}); giving up after 3 s" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"alexnet-train: error: --cluster_timeout=3: worker(s) {peer} never answered within 3 s; start every "
+        f"worker in TF_CONFIG with the same flags, or check their addresses")
+    assert not (tmp_path / "run").exists()
+    waiting = cli("train", *args, env=env, wait=False)
+    assert "waiting for the other workers" in waiting.stdout.readline()
+    waiting.send_signal(signal.SIGINT)
+    waiting.communicate(timeout=30)
+    assert waiting.returncode == -signal.SIGINT

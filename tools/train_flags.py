@@ -105,6 +105,8 @@ def _running(values):
     enum("strategy", D.strategy, "Data parallelism: 'mirrored' over this machine's devices, 'multi_worker' across "
          "machines (configured by TF_CONFIG). multi_worker with --tower_devices is the hybrid scheme: one replica "
          "per machine, its towers on these devices, gradients all-reduced across machines.")
+    number("float", "cluster_timeout", D.cluster_timeout, "--strategy=multi_worker: seconds to wait for every "
+           "worker in TF_CONFIG to start before giving up, naming the ones that never answered.")
     number("integer", "cpu_devices", D.cpu_devices, "Split the host CPU into this many logical devices /CPU:0 ... "
            "before anything else runs, to try tower placement without GPUs, e.g. --cpu_devices=2 "
            "--tower_devices=/CPU:0,/CPU:1 (they share the same cores: for seeing placement, not speed).")
