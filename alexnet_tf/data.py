@@ -22,7 +22,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from alexnet_tf import folders, prepared
+from alexnet_tf import folders, prepared, sources
 from alexnet_tf.config import EMBEDDED_DATASET, MAX_PIXELS
 from alexnet_tf.sources import DatasetError, Source
 from alexnet_tf.statistics import default_data_dir, is_imagenet
@@ -99,9 +99,8 @@ def load_tfds(name, data_dir=None, *, val_fraction=0.05, download=True, ordered=
         except AssertionError as e:  # TFDS's way of saying the manual files are missing
             raise DatasetError(f"dataset={name}: {e}") from None
         except (OSError, tf.errors.OpError) as e:  # TFDS creating its folders in a data_dir it cannot write
-            reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e).splitlines()[0]
-            raise DatasetError(f"data_dir={data_dir}: cannot prepare {name} there ({reason}); give a --data_dir "
-                               f"that can be written, or one where it is prepared already") from None
+            raise DatasetError(f"data_dir={data_dir}: cannot prepare {name} there ({sources.reason(e)}); give a "
+                               f"--data_dir that can be written, or one where it is prepared already") from None
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise DatasetError(f"dataset={name}: not an image-classification dataset "

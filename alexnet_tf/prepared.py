@@ -114,7 +114,7 @@ def _plan(root, plan):
     is the same preparation; a folder holding another one is refused."""
     path = root / PLAN
     if path.exists():
-        found = Plan(**json.loads(path.read_text()))
+        found = _read_plan(root)
         if found != plan:
             raise DatasetError(f"output={root}: holds a preparation of {found.source} as {found.format} "
                                f"(quality {found.quality}, {found.shard_size} images a shard, {found.counts}); "
@@ -126,6 +126,10 @@ def _plan(root, plan):
     root.mkdir(parents=True, exist_ok=True)
     _write_atomically(path, json.dumps(dataclasses.asdict(plan), indent=2))
     return plan
+
+
+def _read_plan(root):
+    return Plan(**json.loads((Path(root) / PLAN).read_text()))
 
 
 def _write_shards(source, plan, root, split, shards, advance):
@@ -188,8 +192,9 @@ def _finish(source, plan, root, statistics, log):
               "class_names": list(source.class_names), "statistics": statistics,
               "num_train": plan.counts["train"], "num_validation": plan.counts["validation"]}
     _write_atomically(root / RECORD, json.dumps(record, indent=2))
-    log(f"prepared {source.name} as {plan.format} in {root}: {disk_size(root) / 2**20:.1f} MiB on disk "
-        f"({disk_size(root) / max(1, sum(plan.counts.values())):.0f} bytes an image)")
+    size = disk_size(root)
+    log(f"prepared {source.name} as {plan.format} in {root}: {size / 2**20:.1f} MiB on disk "
+        f"({size / max(1, sum(plan.counts.values())):.0f} bytes an image)")
     return True
 
 
@@ -227,7 +232,7 @@ def load(path):
     name = f"{PREFIX}{path}"
     if not (root / RECORD).exists():
         if (root / PLAN).exists():
-            plan = Plan(**json.loads((root / PLAN).read_text()))
+            plan = _read_plan(root)
             done = sum(plan.shard_path(root, s, k).exists() for s in SPLITS for k in range(plan.shards(s)))
             raise DatasetError(f"dataset={name}: the preparation is not finished ({done} of "
                                f"{sum(plan.shards(s) for s in SPLITS)} shards); run alexnet-prepare again with "

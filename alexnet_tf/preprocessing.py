@@ -73,9 +73,7 @@ def pca_lighting(image, eigval, eigvec, alpha):
     eigval: [3] eigenvalues of the RGB covariance; eigvec: [3, 3] with the
     eigenvectors as columns; alpha: [3], drawn from N(0, 0.1) once per image.
     """
-    eigvec = tf.convert_to_tensor(eigvec, tf.float32)
-    delta = tf.linalg.matvec(eigvec, tf.cast(alpha, tf.float32) * tf.convert_to_tensor(eigval, tf.float32))
-    return image + delta
+    return image + _shift(eigval, eigvec, alpha)
 
 
 def random_pca_lighting(image, eigval, eigvec, seed, stddev=0.1):
@@ -128,8 +126,12 @@ def train_patch(square, seed, *, crop, mean, eigval, eigvec, pca_lighting=True, 
 
 def lighting_shift(eigval, eigvec, seed, stddev=0.1):
     """The paper's colour shift of one image: eigvec @ (alpha * eigval), alpha ~ N(0, stddev) from `seed`."""
-    alpha = tf.random.stateless_normal([3], seed=seed, stddev=stddev)
-    return tf.linalg.matvec(tf.convert_to_tensor(eigvec, tf.float32), alpha * tf.convert_to_tensor(eigval, tf.float32))
+    return _shift(eigval, eigvec, tf.random.stateless_normal([3], seed=seed, stddev=stddev))
+
+
+def _shift(eigval, eigvec, alpha):
+    return tf.linalg.matvec(tf.convert_to_tensor(eigvec, tf.float32),
+                            tf.cast(alpha, tf.float32) * tf.convert_to_tensor(eigval, tf.float32))
 
 
 def apply_shift(patch, shift):

@@ -35,6 +35,12 @@ class Source:
         return len(self.class_names)
 
 
+def reason(error):
+    """The short reason of an OS or TensorFlow error, for a one-line message: its strerror, else its message's
+    first line."""
+    return getattr(error, "strerror", None) or getattr(error, "message", None) or str(error).splitlines()[0]
+
+
 def report(source, log):
     """Says which files of `source` were skipped (each with why) and how many were converted."""
     for path, why in source.skipped:

@@ -61,8 +61,9 @@ def _serve(args):
     try:
         if FLAGS.dispatcher:
             server = service.start_dispatcher(FLAGS.port, FLAGS.work_dir)
-            print(f"dispatcher listening on {server.target} (all interfaces, port {server.target.rsplit(':', 1)[1]}); "
-                  f"train with --data_service=grpc://<this host>:{server.target.rsplit(':', 1)[1]}", flush=True)
+            port = server.target.rsplit(":", 1)[1]
+            print(f"dispatcher listening on {server.target} (all interfaces, port {port}); "
+                  f"train with --data_service=grpc://<this host>:{port}", flush=True)
         else:
             service.wait_for(f"grpc://{address}", FLAGS.dispatcher_timeout, what="dispatcher_address")
             server = service.start_worker(address, FLAGS.port, FLAGS.worker_address)

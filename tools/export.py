@@ -37,7 +37,7 @@ def _export(args):
     cli.start_tensorflow(FLAGS)
     import tensorflow as tf
 
-    from alexnet_tf import export
+    from alexnet_tf import export, sources
 
     unknown = [k for k in FLAGS.tflite if k not in export.TFLITE_KINDS]
     if unknown:
@@ -64,8 +64,7 @@ def _export(args):
         cli.error("alexnet-export", e)
         return 1
     except (OSError, tf.errors.OpError) as e:  # the folder became unwritable, or the disk failed, mid-export
-        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e).splitlines()[0]
-        cli.error("alexnet-export", f"--export_dir={FLAGS.export_dir}: writing failed: {reason}")
+        cli.error("alexnet-export", f"--export_dir={FLAGS.export_dir}: writing failed: {sources.reason(e)}")
         return 1
     return 0
 

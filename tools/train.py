@@ -38,7 +38,7 @@ def _train(args):
     cli.start_tensorflow(FLAGS)
     import tensorflow as tf
 
-    from alexnet_tf import cluster, export, training
+    from alexnet_tf import cluster, export, sources, training
     from alexnet_tf.sources import DatasetError
 
     try:
@@ -59,16 +59,12 @@ def _train(args):
                 model, _, record = export.load_trained(result["workdir"], result["checkpoint"])
                 print(f"SavedModel: {export.export_savedmodel(model, record, FLAGS.export_dir)}")
             except (export.ExportError, OSError, tf.errors.OpError) as e:
-                cli.error("alexnet-train", f"--export_dir={FLAGS.export_dir}: the export failed ({_reason(e)}); the "
+                cli.error("alexnet-train", f"--export_dir={FLAGS.export_dir}: the export failed ({sources.reason(e)}); the "
                                            f"trained checkpoint is safe in {result['checkpoint']}: export it later "
                                            f"with alexnet-export --workdir={result['workdir']} --export_dir=...")
                 return 1
     print(f"TensorBoard: tensorboard --logdir {result['workdir']}")
     return 0
-
-
-def _reason(error):
-    return getattr(error, "strerror", None) or getattr(error, "message", None) or str(error).splitlines()[0]
 
 
 def run():

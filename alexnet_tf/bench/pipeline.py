@@ -105,8 +105,12 @@ def throughput(ds, batch_size, *, batches=20, warmup=3):
 
 def format_rows(sources, root, batch_size, *, batches=20, cores=None):
     """{format: {images_per_s, images_per_s_per_core, bytes_per_image, cores_for_gpu}} of the training
-    pipeline alone (read, decode, crop, flip, PCA lighting, batch) on every core of this machine."""
+    pipeline alone (read, decode, crop, flip, PCA lighting, batch) on every core of this machine, and the
+    augmentation alone (`augment_only`)."""
     import os
+
+    import numpy as np
+    import tensorflow as tf
 
     cores = cores or len(os.sched_getaffinity(0))
     rows = {}
@@ -117,9 +121,6 @@ def format_rows(sources, root, batch_size, *, batches=20, cores=None):
                      "cores_for_gpu": GPU_IMAGES_PER_S / (rate / cores), "batch_size": batch_size, "cores": cores}
     # What is left once nothing is read or decoded: raw256's squares held in memory, cropped, flipped, lit and
     # batched. No stored format can be faster than this.
-    import numpy as np
-    import tensorflow as tf
-
     raw = sources["raw256"]
     squares, labels = (np.stack(column) for column in zip(*raw.train.as_numpy_iterator()))
     in_memory = dataclasses.replace(raw, train=tf.data.Dataset.from_tensor_slices((squares, labels)))
