@@ -123,6 +123,13 @@ def _peers():
             if (kind, i) != (me.get("type"), me.get("index"))]
 
 
+def num_workers(strategy):
+    """The processes of the run: the cluster's workers (and chief), or 1."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return max(1, sum(len(spec.get(kind, [])) for kind in ("chief", "worker")))
+
+
 def is_chief(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():

@@ -17,8 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import (checkpoints, cluster, config as config_lib, data, metrics, model as model_lib, optim,
-                        pipelines, placement, runs, service, sources, statistics, steps, summaries,
+from alexnet_tf import (checkpoints, cluster, config as config_lib, data, footprint, metrics, model as model_lib,
+                        optim, pipelines, placement, runs, service, sources, statistics, steps, summaries,
                         workdir as workdir_lib)
 from alexnet_tf.metrics import NonFiniteLoss  # noqa: F401  (training.NonFiniteLoss: what a run raises)
 
@@ -78,6 +78,7 @@ class Run:
     start: int
     steps_per_epoch: int
     total_steps: int
+    estimated_peak: int | None    # bytes, this process (None: not estimated, on a GPU)
     log: object
 
 
@@ -112,7 +113,7 @@ def _set_up(config, strategy, chief, log):
     if config.data_service:
         waited = service.wait_for(config.data_service, config.data_service_timeout)
         log(f"training input from the tf.data service at {config.data_service} (answered in {waited:.1f} s)")
-    source, stats = _load_data(config, log)
+    source = _load_data(config, log)
     if config.batch_size > source.num_train:  # it would never fill one batch, and the pipeline would wait
         raise ValueError(f"batch_size={config.batch_size}: larger than the training split of {source.name} "
                          f"({source.num_train} images)")
@@ -120,6 +121,8 @@ def _set_up(config, strategy, chief, log):
     total_steps = config.steps or max(1, int(round(config.epochs * steps_per_epoch)))
     model_config = dataclasses.replace(config.model, num_classes=source.num_classes)
     state = build_state(config, model_config, strategy, run_epochs=total_steps / steps_per_epoch)
+    estimated_peak = _check_memory(config, state.model, strategy, log)  # before the statistics' long scan
+    stats = _statistics(config, source, log)
     # Non-chief workers of a multi-worker run must save too (the save is a collective), into a scratch folder.
     scratch = None if chief else workdir / f"tmp_worker_{strategy.cluster_resolver.task_id}"
     _resume_or_initialize(config, state, strategy, chief, scratch, log)
@@ -141,20 +144,40 @@ def _set_up(config, strategy, chief, log):
                                                 strategy=strategy, jit=config.jit, mirrored=not config.hybrid),
                evaluate=_evaluator(state.model, strategy, val_ds, config.ten_crop, num_eval),
                writers=summaries.writers(workdir, chief), start=start, steps_per_epoch=steps_per_epoch,
-               total_steps=total_steps, log=log)
+               total_steps=total_steps, estimated_peak=estimated_peak, log=log)
+
+
+def _check_memory(config, model, strategy, log):
+    """Refuses a batch whose step cannot fit in this machine's memory (ValueError naming the largest that fits),
+    before the first step rather than by the kernel's OOM killer during it. On a GPU the step's tensors live in
+    the device's memory, whose size TensorFlow does not report: not checked there."""
+    if tf.config.list_logical_devices("GPU"):
+        return None
+    workers = cluster.num_workers(strategy)
+    local_replicas = 1 if config.hybrid else strategy.num_replicas_in_sync // workers
+    need = footprint.estimate(model, local_replicas=local_replicas, views=10 if config.ten_crop else 1)
+    peak = footprint.check_batch_fits(need, config.batch_size, workers=workers,
+                                      multiple=strategy.num_replicas_in_sync)
+    log(f"memory: about {peak / footprint.GIB:.1f} GiB at the step's peak (estimated)")
+    return peak
 
 
 def _load_data(config, log):
-    """The dataset as a `data.Source`, and the statistics the model is trained with; skipped and converted
-    files reported. Fine-tuning keeps the mean the pretrained features expect: the source run's."""
+    """The dataset as a `data.Source`, skipped and converted files reported."""
     source = data.load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction, seed=config.seed,
                                max_pixels=config.max_pixels)
     sources.report(source, log)
+    return source
+
+
+def _statistics(config, source, log):
+    """The statistics the model is trained with. Fine-tuning keeps the mean the pretrained features expect:
+    the source run's."""
     stats = statistics.dataset_statistics(source, config.data_dir, log=log)
     if config.init_from:
         source_run = runs.read_run(workdir_lib.resolve(config.init_from)[0], flag="init_from")[0]
         stats = {**stats, "mean": source_run.statistics["mean"]}
-    return source, stats
+    return stats
 
 
 def _resume_or_initialize(config, state, strategy, chief, scratch, log):
@@ -232,6 +255,7 @@ def _result(run, last_eval):
     result = {"step": int(run.state.step.numpy()), "start_step": run.start, "workdir": str(run.config.workdir),
               "checkpoint": run.manager.latest_checkpoint, "chief": run.chief,
               "validation_accuracy": float(1 - last_eval["top1_error"]),
+              "estimated_peak_bytes": run.estimated_peak, "peak_rss_bytes": footprint.resident_bytes("VmHWM"),
               **{f"validation_{k}": float(v) for k, v in last_eval.items()}}
     if run.chief:
         (Path(run.config.workdir) / "result.json").write_text(json.dumps(result, indent=2))

@@ -15,18 +15,12 @@ def peak_training_memory(batch_size=128, steps=3, *, width=1.0, image_size=227):
     return {"peak_rss_bytes": int(out.stdout.strip().splitlines()[-1]), "batch_size": batch_size}
 
 
-def peak_rss_bytes():
-    """This process's peak resident memory so far. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss
-    across fork and exec, so a child would report its parent's peak if that was higher."""
-    with open("/proc/self/status") as f:
-        return 1024 * int(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
-
-
 def _child(batch_size, steps, width, image_size):
     from alexnet_tf.bench.train import train_step
+    from alexnet_tf.footprint import resident_bytes
 
     train_step(batch_size, warmup=1, repeats=steps, width=width, image_size=image_size)
-    print(peak_rss_bytes())
+    print(resident_bytes("VmHWM"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""How much memory a training step will need, estimated before the first step from the model's layer shapes,
+and the check that refuses a batch that cannot fit in the machine's memory (BUILD_NOTES "Memory: the
+estimate before the first step", where the constants below were measured)."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+GIB = 2**30
+
+# What a step keeps per image, as a multiple of the sum of its layers' outputs: the slope of the measured peak
+# of alexnet-train with the paper model (batches 128 and 256, inputs subtracted) was 1.39x that sum; of the
+# bare train step, 1.0-1.23x (batches 16-256). TensorFlow keeps the tensors the backward pass needs, and its
+# CPU pool grows in doubling regions. Evaluation, per view: 0.49-0.63x (ten crops, batches 32-128); even
+# forward only, the two towers' ops run side by side and the pool holds on to what they used.
+ACTIVATIONS = 1.4
+EVAL_ACTIVATIONS = 0.65
+# Float input batches alive at once: the one trained on, the one prefetched, the one being built.
+INPUT_BATCHES = 3
+# Beyond the weights and momentum the process already holds: the gradients, and one transient of that size
+# while the optimizer updates (the benchmark's peak minus the resident memory before the first step).
+GRADIENT_COPIES = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """A step's memory beyond what the process holds before it: `fixed` bytes whatever the batch, and
+    `per_image` bytes for each image of this process's share of the batch."""
+    fixed: int
+    per_image: int
+
+    def at(self, local_batch):
+        return self.fixed + local_batch * self.per_image
+
+
+def estimate(model, *, local_replicas=1, views=1):
+    """The `Estimate` of a training step of `model` (a built Keras model) with `local_replicas` copies of its
+    gradients in this process (a mirrored strategy's replicas on this host). Evaluation with `views` views an
+    image (10 for the paper's ten crops) runs every view forward; whichever needs more counts."""
+    outputs = [int(np.prod(layer.output.shape[1:])) for layer in model.layers]
+    itemsize = np.dtype(model.layers[1].compute_dtype).itemsize  # float16 activations under mixed precision
+    input_bytes = 4 * int(np.prod(model.input_shape[1:]))  # the pipeline's batches are float32 either way
+    train = ACTIVATIONS * sum(outputs) * itemsize + INPUT_BATCHES * input_bytes
+    evaluation = views * (EVAL_ACTIVATIONS * sum(outputs) * itemsize + INPUT_BATCHES * input_bytes)
+    trainable = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.trainable_variables)
+    return Estimate(fixed=GRADIENT_COPIES * trainable * local_replicas, per_image=int(max(train, evaluation)))
+
+
+def resident_bytes(field="VmRSS"):
+    """This process's resident memory now (VmRSS), or its peak so far (`field="VmHWM"`: not getrusage's
+    ru_maxrss, which Linux carries across fork and exec, so a child would report its parent's peak)."""
+    with open("/proc/self/status") as f:
+        return 1024 * int(next(line.split()[1] for line in f if line.startswith(field + ":")))
+
+
+def available_bytes():
+    """(bytes this process can still take, where that figure comes from): the kernel's MemAvailable, or less
+    if the process's cgroup (a container's memory limit) leaves less."""
+    with open("/proc/meminfo") as f:
+        available = 1024 * int(next(line.split()[1] for line in f if line.startswith("MemAvailable:")))
+    where = "MemAvailable in /proc/meminfo"
+    if (room := _cgroup_room()) is not None and room < available:
+        available, where = room, "the memory limit of this process's cgroup"
+    return available, where
+
+
+def _cgroup_room():
+    """memory.max - memory.current of this process's cgroup (v2), or None where there is no limit."""
+    try:
+        entry = next(line for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::"))
+        folder = Path("/sys/fs/cgroup") / entry[3:].lstrip("/")
+        limit = (folder / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int((folder / "memory.current").read_text())
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_batch_fits(estimate_, batch_size, *, workers=1, multiple=1, available=None, holds=None):
+    """Raises ValueError (`batch_size=N: ...`, naming the largest batch that fits) if this process's share of
+    a `batch_size` batch (split over `workers` processes) needs more than `available` bytes beyond what it
+    `holds`; both default to this machine's figures now. The largest batch named is a multiple of `multiple`
+    (the replicas in sync). Returns the estimated peak of this process, in bytes."""
+    available, where = available_bytes() if available is None else (available, "given")
+    holds = resident_bytes() if holds is None else holds
+    local = batch_size // workers
+    if estimate_.at(local) > available:
+        largest = max(0, (available - estimate_.fixed) // estimate_.per_image) * workers // multiple * multiple
+        fits = (f"the largest batch that fits is {largest}" if largest else
+                f"not even a batch of {multiple} fits: free memory or use a smaller model preset")
+        raise ValueError(
+            f"batch_size={batch_size}: a training step at this batch needs about {estimate_.at(local) / GIB:.1f} "
+            f"GiB{' a worker' if workers > 1 else ''} beyond the {holds / GIB:.1f} GiB already in use, and "
+            f"{available / GIB:.1f} GiB is available ({where}); {fits}")
+    return holds + estimate_.at(local)
