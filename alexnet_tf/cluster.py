@@ -17,7 +17,12 @@ import tensorflow as tf
 
 
 class ClusterError(RuntimeError):
-    """A multi-worker run lost a worker (it died, or a collective timed out), or its TF_CONFIG is unusable."""
+    """A multi-worker run lost a worker (it died, or a collective timed out), its TF_CONFIG is unusable, or
+    its workers never all started. `status`: the exit status a tool gives (143: stopped by SIGTERM)."""
+
+    def __init__(self, message, status=1):
+        super().__init__(message)
+        self.status = status
 
 
 # A collective that waits longer than this for a peer fails the step (a worker died or hangs).
@@ -70,8 +75,8 @@ def make_strategy(config, log=print):
 # still waiting for its peers after the timeout, saying which of them never answered.
 _WATCHDOG = r"""
 import os, select, signal, socket, sys
-timeout, parent, prog, peers = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
-if select.select([sys.stdin], [], [], timeout)[0]:
+wait, timeout, parent, prog, peers = float(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+if select.select([sys.stdin], [], [], wait)[0]:
     sys.exit(0)  # the trainer connected (or ended: end of file)
 def answers(address):
     host, _, port = address.rpartition(":")
@@ -80,10 +85,12 @@ def answers(address):
         return True
     except (OSError, ValueError):
         return False
-silent = [p for p in peers if not answers(p)] or peers
-sys.stderr.write(f"{prog}: error: --cluster_timeout={timeout:g}: worker(s) {', '.join(silent)} never answered "
-                 f"within {timeout:g} s; start every worker in TF_CONFIG with the same flags, or check their "
-                 f"addresses\n")
+silent = [p for p in peers if not answers(p)]
+why = (f"worker(s) {', '.join(silent)} never answered within {timeout} s; start every worker in TF_CONFIG with "
+       f"the same flags, or check their addresses" if silent else
+       f"{', '.join(peers)} answer(s) but never joined the cluster within {timeout} s; is each an alexnet-train "
+       f"worker started with the same TF_CONFIG?")
+sys.stderr.write(f"{prog}: error: --cluster_timeout={timeout}: {why}\n")
 sys.stderr.flush()
 os.kill(parent, signal.SIGKILL)  # the waiting trainer takes SIGTERM for preemption and stays
 """
@@ -92,18 +99,23 @@ os.kill(parent, signal.SIGKILL)  # the waiting trainer takes SIGTERM for preempt
 def _when_peers_answer(build, timeout, log):
     """`build()`'s multi-worker strategy. Building it blocks until every worker in TF_CONFIG has started, inside
     TensorFlow and holding Python's interpreter lock, so that no Python signal handler or thread can run until
-    it returns (measured: BUILD_NOTES "Failure modes"). So: one line says whom this worker waits for; SIGINT
-    gets its default action meanwhile, which ends the process at once (130); and a watchdog process ends it
-    (SIGKILL) after `timeout` s with one line naming the workers that never answered. SIGTERM is caught by
-    TensorFlow's own preemption notifier, which the strategy installs while it waits."""
+    it returns, and SIGTERM meanwhile goes to TensorFlow's preemption notifier, which keeps the process alive
+    (measured: BUILD_NOTES "Failure modes"). So the wait happens first in Python (`_rendezvous`), where SIGTERM,
+    Ctrl-C and the timeout each end it with one line; only then is the strategy built. For that last, short
+    wait SIGINT gets its default action (the process ends at once, 130), and a watchdog process ends it
+    (SIGKILL) if it outlasts the rest of `timeout`, with one line naming the workers that never answered."""
     import subprocess
+    import time
 
     peers = _peers()
-    handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGINT)}
     log(f"waiting for the other workers of the cluster ({', '.join(peers)}); giving up after {timeout:g} s "
         f"(--cluster_timeout)")
     sys.stdout.flush()
-    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(timeout), str(os.getpid()),
+    started = time.monotonic()
+    _rendezvous(peers, timeout)
+    handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGINT)}
+    left = max(1.0, timeout - (time.monotonic() - started))
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(left), f"{timeout:g}", str(os.getpid()),
                                  "alexnet-train", *peers], stdin=subprocess.PIPE)
     try:
         return build()
@@ -113,6 +125,79 @@ def _when_peers_answer(build, timeout, log):
         watchdog.stdin.write(b"connected\n")
         watchdog.stdin.close()
         watchdog.wait()
+
+
+def _rendezvous(peers, timeout):
+    """Returns once every worker in `peers` accepts a TCP connection on its port, listening on this worker's
+    own port meanwhile so that they see it too (the listener is closed before TensorFlow's server takes the
+    port). Raises ClusterError naming the silent workers after `timeout` s, or on SIGTERM (status 143);
+    Ctrl-C raises KeyboardInterrupt as anywhere else."""
+    import socket
+    import time
+
+    me = _own_address()
+    host, _, port = me.rpartition(":")
+    listener = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", int(port)))
+    except OSError as e:
+        listener.close()
+        raise ClusterError(f"TF_CONFIG: this worker's address {me} cannot be listened on ({e.strerror}); is another "
+                           f"process using port {port}?") from None
+    listener.listen(16)
+    listener.setblocking(False)
+
+    def terminated(signum, frame):
+        raise ClusterError(f"stopped by SIGTERM while waiting for the other workers of the cluster "
+                           f"({', '.join(silent)}); nothing was written", status=128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    silent, deadline = list(peers), time.monotonic() + timeout
+    try:
+        while silent:
+            _drop_probes(listener)
+            silent = [peer for peer in silent if not answers(peer)]
+            if silent and time.monotonic() > deadline:
+                raise ClusterError(f"cluster_timeout={timeout:g}: worker(s) {', '.join(silent)} never answered "
+                                   f"within {timeout:g} s; start every worker in TF_CONFIG with the same flags, or "
+                                   f"check their addresses")
+            time.sleep(0.2 if silent else 0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        listener.close()
+
+
+def answers(address, timeout=0.5):
+    """Whether something accepts a TCP connection at `address` (HOST:PORT). (The watchdog has its own copy:
+    it runs without this package, which imports TensorFlow.)"""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _drop_probes(listener):
+    """Accepts and resets the connections peers opened to see this worker (no TIME_WAIT left on its port)."""
+    import socket
+    import struct
+
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except BlockingIOError:
+            return
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()
+
+
+def _own_address():
+    spec = json.loads(os.environ["TF_CONFIG"])
+    return spec["cluster"][spec["task"]["type"]][spec["task"]["index"]]
 
 
 def _peers():

@@ -43,7 +43,10 @@ def _train(args):
 
     try:
         result, _ = training.train(config)
-    except (DatasetError, training.NonFiniteLoss, cluster.ClusterError) as e:
+    except cluster.ClusterError as e:
+        cli.error("alexnet-train", e)
+        return e.status
+    except (DatasetError, training.NonFiniteLoss) as e:
         cli.error("alexnet-train", e)
         return 1
     except ValueError as e:  # a bad value that only the library could check (e.g. a missing device)
