@@ -75,9 +75,21 @@ def make_strategy(config, log=print):
 # still waiting for its peers after the timeout, saying which of them never answered.
 _WATCHDOG = r"""
 import os, select, signal, socket, sys
+import time
 wait, timeout, parent, prog, peers = float(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
-if select.select([sys.stdin], [], [], wait)[0]:
-    sys.exit(0)  # the trainer connected (or ended: end of file)
+def sigterm_pending():  # the trainer blocks SIGTERM while it waits: it stays pending, visible here
+    with open(f"/proc/{parent}/status") as f:
+        masks = [int(line.split()[1], 16) for line in f if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask & (1 << (signal.SIGTERM - 1)) for mask in masks)
+deadline = time.monotonic() + wait
+while time.monotonic() < deadline:
+    if select.select([sys.stdin], [], [], 0.2)[0]:
+        sys.exit(0)  # the trainer connected (or ended: end of file)
+    if sigterm_pending():
+        sys.stderr.write(f"{prog}: error: stopped by SIGTERM while the cluster was starting; nothing was written\n")
+        sys.stderr.flush()
+        os.kill(parent, signal.SIGKILL)
+        sys.exit(0)
 def answers(address):
     host, _, port = address.rpartition(":")
     try:
@@ -92,7 +104,7 @@ why = (f"worker(s) {', '.join(silent)} never answered within {timeout} s; start 
        f"worker started with the same TF_CONFIG?")
 sys.stderr.write(f"{prog}: error: --cluster_timeout={timeout}: {why}\n")
 sys.stderr.flush()
-os.kill(parent, signal.SIGKILL)  # the waiting trainer takes SIGTERM for preemption and stays
+os.kill(parent, signal.SIGKILL)  # TensorFlow's preemption notifier would take a SIGTERM, and the trainer stay
 """
 
 
@@ -102,8 +114,11 @@ def _when_peers_answer(build, timeout, log):
     it returns, and SIGTERM meanwhile goes to TensorFlow's preemption notifier, which keeps the process alive
     (measured: BUILD_NOTES "Failure modes"). So the wait happens first in Python (`_rendezvous`), where SIGTERM,
     Ctrl-C and the timeout each end it with one line; only then is the strategy built. For that last, short
-    wait SIGINT gets its default action (the process ends at once, 130), and a watchdog process ends it
-    (SIGKILL) if it outlasts the rest of `timeout`, with one line naming the workers that never answered."""
+    wait SIGINT gets its default action (the process ends at once, 130) and SIGTERM is blocked, so that no
+    thread that also blocks it (alexnet-train blocks it before TensorFlow starts its threads) hands it to
+    TensorFlow: it stays pending, for the handler in place once the strategy exists. A watchdog process ends
+    the trainer (SIGKILL) with one line if a SIGTERM is pending meanwhile, or if the wait outlasts the rest of
+    `timeout` (naming the workers that never answered)."""
     import subprocess
     import time
 
@@ -112,19 +127,22 @@ def _when_peers_answer(build, timeout, log):
         f"(--cluster_timeout)")
     sys.stdout.flush()
     started = time.monotonic()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # this thread only: the rendezvous takes it
     _rendezvous(peers, timeout)
     handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     left = max(1.0, timeout - (time.monotonic() - started))
     watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(left), f"{timeout:g}", str(os.getpid()),
                                  "alexnet-train", *peers], stdin=subprocess.PIPE)
     try:
         return build()
     finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
         watchdog.stdin.write(b"connected\n")
         watchdog.stdin.close()
-        watchdog.wait()
+        watchdog.wait()  # before SIGTERM is unblocked: a pending one is then this process's to handle
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _rendezvous(peers, timeout):

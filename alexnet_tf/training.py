@@ -82,6 +82,11 @@ class Run:
     log: object
 
 
+class Terminated(BaseException):
+    """SIGTERM before the first step (a BaseException, like KeyboardInterrupt, so no `except Exception`
+    on the way swallows it)."""
+
+
 def train(config, log=print):
     """Trains as `config` (a `TrainConfig`) says, resuming from the workdir's last checkpoint.
 
@@ -91,18 +96,20 @@ def train(config, log=print):
     with steps.precision_policy(config.mixed_precision):  # set before the model exists
         if config.cpu_devices:
             placement.split_cpu(config.cpu_devices)  # before the strategy starts TensorFlow's runtime
-        strategy = cluster.make_strategy(config, log)
+        with _starting(config):
+            strategy = cluster.make_strategy(config, log)
         chief = cluster.is_chief(strategy)
         # One trainer per workdir: the chief holds the lock (multi-worker runs share the workdir).
         with workdir_lib.WorkdirLock(config.workdir) if chief else contextlib.nullcontext():
-            run = _set_up(config, strategy, chief, log)
+            with _starting(config) as starting:
+                run = _set_up(config, strategy, chief, log, starting)
             with _stop_signals() as stop, _reported_in_one_line(run):
                 last_eval = _loop(run, stop)
             last_eval = last_eval or run.evaluate()  # resumed after the last step: report without training
             return _result(run, last_eval), run
 
 
-def _set_up(config, strategy, chief, log):
+def _set_up(config, strategy, chief, log, starting):
     """Checks the workdir, loads the data, builds the state, resumes or initializes it, records the run and
     builds the pipelines and steps: everything the loop needs, as a `Run`."""
     if config.batch_size % strategy.num_replicas_in_sync:
@@ -111,9 +118,11 @@ def _set_up(config, strategy, chief, log):
     workdir = Path(config.workdir)
     workdir_lib.check_resume(config, workdir_lib.recorded(workdir))
     if config.data_service:
-        waited = service.wait_for(config.data_service, config.data_service_timeout)
+        with starting.interruptible():
+            waited = service.wait_for(config.data_service, config.data_service_timeout)
         log(f"training input from the tf.data service at {config.data_service} (answered in {waited:.1f} s)")
-    source = _load_data(config, log)
+    with starting.interruptible():
+        source = _load_data(config, log)
     if config.batch_size > source.num_train:  # it would never fill one batch, and the pipeline would wait
         raise ValueError(f"batch_size={config.batch_size}: larger than the training split of {source.name} "
                          f"({source.num_train} images)")
@@ -122,10 +131,12 @@ def _set_up(config, strategy, chief, log):
     model_config = dataclasses.replace(config.model, num_classes=source.num_classes)
     state = build_state(config, model_config, strategy, run_epochs=total_steps / steps_per_epoch)
     estimated_peak = _check_memory(config, state.model, strategy, log)  # before the statistics' long scan
-    stats = _statistics(config, source, log)
+    with starting.interruptible():
+        stats = _statistics(config, source, log)
     # Non-chief workers of a multi-worker run must save too (the save is a collective), into a scratch folder.
     scratch = None if chief else workdir / f"tmp_worker_{strategy.cluster_resolver.task_id}"
     _resume_or_initialize(config, state, strategy, chief, scratch, log)
+    starting.check()  # before anything is written
     manager = tf.train.CheckpointManager(state.checkpoint, str(scratch or workdir / "checkpoints"), max_to_keep=3)
     if chief:
         runs.write_run(workdir, runs.RunRecord(
@@ -211,6 +222,58 @@ def _evaluator(model, strategy, val_ds, ten_crop, num_eval):
                 "top5_error": 1 - totals[2] / num_eval}
 
     return evaluate
+
+
+class _Starting:
+    """SIGTERM while a run starts (connecting, loading, restoring): noted, and raised as Terminated at the next
+    `check()`, or at once inside `interruptible()` (the pure-Python phases: scanning files, the statistics).
+    Raised at once inside TensorFlow's own code it was measured to turn into pybind's "MISMATCH of original and
+    normalized active exception types", "cannot join current thread", or a segmentation fault."""
+
+    MESSAGE = ("stopped by SIGTERM while starting, before the first step; rerun the same command to start (or "
+               "resume) the run")
+
+    def __init__(self):
+        self.arrived, self._at_once = False, False
+
+    def handle(self, signum, frame):
+        self.arrived = True
+        if self._at_once:
+            raise Terminated(self.MESSAGE)
+
+    def check(self):
+        if self.arrived:
+            raise Terminated(self.MESSAGE)
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        self.check()
+        self._at_once = True
+        try:
+            yield
+        finally:
+            self._at_once = False
+
+
+@contextlib.contextmanager
+def _starting(config):
+    """A `_Starting` handling SIGTERM until the block ends (then checked, and the previous handler back; the
+    loop's own handling, `_stop_signals`, takes over from there); a multi-worker run's peer lost meanwhile is
+    a ClusterError in one line."""
+    starting = _Starting()
+    previous = signal.signal(signal.SIGTERM, starting.handle)
+    try:
+        yield starting
+        starting.check()
+    except BaseException as e:
+        starting.check()  # a SIGTERM is the news, whatever it interrupted
+        if config.strategy == "multi_worker" and isinstance(e, tf.errors.OpError):
+            raise cluster.ClusterError(
+                f"lost contact with a worker of the cluster while starting ({cluster.failure_reason(e)}); restart "
+                f"every worker with the same command") from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -156,12 +156,22 @@ def test_a_worker_whose_peer_never_starts_gives_up_naming_it_and_sigterm_or_ctrl
         assert one_line(subprocess.CompletedProcess([], status, "", err)) == line
     # Something else answers on the peer's port, so the wait passes to TensorFlow, which never connects:
     # the watchdog ends it at the same bound.
+    # A SIGTERM meanwhile is held back from TensorFlow's preemption notifier (which would keep the process
+    # alive), and the watchdog ends the wait at once.
     with socket.create_server(("127.0.0.1", int(peer.rpartition(":")[2]))):
         proc = cli("train", *args, "--cluster_timeout=3", env=env, timeout=120)
+        waiting = cli("train", *args, env=env, wait=False)
+        assert "waiting for the other workers" in waiting.stdout.readline()
+        time.sleep(3)  # past the rendezvous, inside the strategy's constructor
+        waiting.send_signal(signal.SIGTERM)
+        _, err = waiting.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         f"alexnet-train: error: --cluster_timeout=3: {peer} answer(s) but never joined the cluster within 3 s; is "
         f"each an alexnet-train worker started with the same TF_CONFIG?")
+    assert waiting.returncode == -signal.SIGKILL, err
+    assert err.strip().splitlines()[-1] == ("alexnet-train: error: stopped by SIGTERM while the cluster was "
+                                            "starting; nothing was written")
     assert not (tmp_path / "run").exists()
 
 

@@ -555,3 +555,35 @@ def test_init_from_errors_name_init_from(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(runs.WorkdirError, match=r"^init_from=.*empty: no config\.json"):
         runs.make_config(init_from=str(tmp_path / "empty"), dataset="folder:/x")
+
+
+@pytest.mark.parametrize("phase", ["make_strategy", "load_dataset", "restore_newest"])
+def test_sigterm_while_a_run_starts_is_one_line_and_writes_nothing(workdir, shapes_folder, trained, monkeypatch,
+                                                                   phase):
+    """SIGTERM in each start-up phase (connecting, the dataset, the restore of a resumed run): Terminated,
+    which alexnet-train prints as one line with 143, instead of dying without a word."""
+    from alexnet_tf import checkpoints, cluster, data, training
+    from helpers import tiny_config
+
+    module = {"make_strategy": cluster, "load_dataset": data, "restore_newest": checkpoints}[phase]
+    real = getattr(module, phase)
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered at once, in this thread, to the handler in place
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, phase, signalled)
+    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+
+    def unhandled(signum, frame):  # what the test sees if the trainer has no handler of its own there
+        raise AssertionError("SIGTERM reached the handler in place before the run")
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with pytest.raises(training.Terminated, match=r"^stopped by SIGTERM while starting, before the first step"):
+            training.train(tiny_config(workdir, shapes_folder, trained / "data", steps=8, ckpt_every=2, eval_every=6,
+                                       val_fraction=0.05), log=lambda *a: None)
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # the previous handler is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before

@@ -12,6 +12,7 @@ the paper's value, to the embedded dataset's recipe when training on it, or to t
 TensorFlow starts.
 """
 
+import signal
 
 from tools import cli, train_flags
 
@@ -35,6 +36,10 @@ def _train(args):
         cli.error("alexnet-train", e)
         return 2
 
+    if config.strategy == "multi_worker":
+        # TensorFlow's threads inherit this: none of them will take a SIGTERM for TensorFlow's own preemption
+        # notifier while the cluster starts (alexnet_tf.cluster._when_peers_answer unblocks it in this thread).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     cli.start_tensorflow(FLAGS)
     import tensorflow as tf
 
@@ -46,6 +51,10 @@ def _train(args):
     except cluster.ClusterError as e:
         cli.error("alexnet-train", e)
         return e.status
+    except training.Terminated as e:
+        cli.error("alexnet-train", e)
+        tf.get_logger().setLevel("ERROR")  # not "a tf.train.Checkpoint is being deleted with unrestored values"
+        return 128 + signal.SIGTERM
     except (DatasetError, training.NonFiniteLoss) as e:
         cli.error("alexnet-train", e)
         return 1
