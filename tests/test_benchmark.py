@@ -83,7 +83,9 @@ def test_check_targets_judges_each_target_from_the_measurements():
                      "jpeg256": {"images_per_s_per_core": 301.0, "bytes_per_image": 20e3},
                      "raw256": {"images_per_s_per_core": 990.0, "bytes_per_image": 196608},
                      "service": [{"workers": 0, "images_per_s": 100.0}, {"workers": 1, "images_per_s": 86.0}]},
-        "memory": {"peak_rss_bytes": 3.1 * 2**30, "batch_size": 128},
+        "memory": {"peak_rss_bytes": 3.1 * 2**30, "batch_size": 128, "estimates": [
+            {"estimated_peak_bytes": 2.9e9, "peak_rss_bytes": 2.8e9, "batch_size": 128, "ten_crop": False},
+            {"estimated_peak_bytes": 4.0e9, "peak_rss_bytes": 5.0e9, "batch_size": 64, "ten_crop": True}]},
         "inference": [{"model": "savedmodel", "batch1": {"median_s": 0.010}, "top1_agreement": 1.0},
                       {"model": "tflite_int8", "batch1": {"median_s": 0.004}, "top1_agreement": 0.995}],
     }
@@ -91,10 +93,14 @@ def test_check_targets_judges_each_target_from_the_measurements():
     assert met == {"fp32 train step": True, "mixed_bfloat16": False, "training from JPEGs": True,
                    "training from raw256": False, "jpeg256": True, "raw256": False,
                    "tf.data service with one worker": True,
-                   "peak resident memory of training": False, "TFLite int8 batch-1 latency": True}
+                   "peak resident memory of training": False, "TFLite int8 batch-1 latency": True,
+                   "the trainer's memory estimate within 10% of its peak (batch 128)": True,
+                   "the trainer's memory estimate within 10% of its peak (batch 64, ten crops)": False}
     # Only what was measured is judged.
     assert [t["target"] for t in check_targets({"memory": results["memory"]})] == \
-        ["peak resident memory of training <= 3 GiB"]
+        ["peak resident memory of training <= 3 GiB",
+         "the trainer's memory estimate within 10% of its peak (batch 128)",
+         "the trainer's memory estimate within 10% of its peak (batch 64, ten crops)"]
 
 
 @pytest.mark.heavy

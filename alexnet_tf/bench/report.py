@@ -29,6 +29,9 @@ def print_table(results):
     if "memory" in results:
         print(f"peak resident memory, training at batch {results['memory']['batch_size']}: "
               f"{results['memory']['peak_rss_bytes'] / 2**30:.2f} GiB")
+        for row in results["memory"].get("estimates", []):
+            print(f"alexnet-train at batch {row['batch_size']}{' (ten crops)' if row['ten_crop'] else ''}: estimated "
+                  f"{row['estimated_peak_bytes'] / 2**30:.2f} GiB, peak {row['peak_rss_bytes'] / 2**30:.2f} GiB")
     if results.get("targets"):
         print("\ntargets (the paper model; training at batch 128):")
         for t in results["targets"]:

@@ -43,6 +43,9 @@ def measure(sections, *, forward_batches=(1, 128), train_batches=(32, 128, 256),
     if "memory" in sections:
         log("measuring peak memory of training")
         results["memory"] = memory.peak_training_memory(128)
+        log("the trainer's memory estimate against its peak (batch 128; 64 with ten crops)")
+        results["memory"]["estimates"] = [memory.estimate_against_peak(128, data_dir=data_dir),
+                                          memory.estimate_against_peak(64, ten_crop=True, data_dir=data_dir)]
     if "profile" in sections:
         log(f"profiling the fp32 train step at batch 128 into {profile_dir}")
         results["profile"] = profile.profile(profile_dir)
