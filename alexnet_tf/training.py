@@ -10,6 +10,7 @@ synchronised every step. Nothing here reads flags; `tools/train.py` turns flags 
 import contextlib
 import dataclasses
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -376,6 +377,11 @@ def _loop(run, stop):
     preemption = (cluster.preemption_handler(run.strategy, run.state.checkpoint, run.manager,
                                              _preempted_everywhere(step, run.log))
                   if config.strategy == "multi_worker" else None)
+    if preemption is not None and stop:
+        # Arrived while the handler was being made (measured: a lone checkpoint, then the peer lost): it is
+        # the cluster's to coordinate, so hand it over.
+        stop.clear()
+        os.kill(os.getpid(), signal.SIGTERM)
     progress = keras.utils.Progbar(run.total_steps, stateful_metrics=["loss", "img/s", "lr"],
                                    verbose=1 if run.chief else 0, unit_name="step")
     progress.update(run.start)
