@@ -488,6 +488,9 @@ def test_a_garbage_tf_config_is_named_and_ignored_out_loud_by_other_strategies(m
     assert proc.returncode == 1
     line = one_error_line(proc)
     assert "TF_CONFIG=" in line and "not valid JSON" in line and "Expecting value" in line, line
+    # alexnet-train blocks SIGTERM while a cluster starts; refused first, it must not leave it blocked (the
+    # processes this one starts later would inherit the mask and ignore SIGTERM).
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
     notes = []
     cluster.check_tf_config("default", notes.append)  # what a single-process run says before it starts
     with pytest.raises(ValueError) as parse:

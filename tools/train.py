@@ -61,6 +61,8 @@ def _train(args):
     except ValueError as e:  # a bad value that only the library could check (e.g. a missing device)
         cli.error("alexnet-train", e)
         return 2
+    finally:  # however it ended before the strategy existed (a tool may run inside another program)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     print(f"\nvalidation accuracy: {result['validation_accuracy']:.4f} "
           f"(top-5 error {result['validation_top5_error']:.4f}) after {result['step']} steps")
     print(f"workdir: {result['workdir']}")
