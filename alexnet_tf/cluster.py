@@ -71,12 +71,17 @@ def make_strategy(config, log=print):
         cluster_resolver=resolver, communication_options=options), config.cluster_timeout, log)
 
 
+# What a worker says of the peers that never answered (the rendezvous and the watchdog alike).
+_NEVER_ANSWERED = ("cluster_timeout={timeout:g}: worker(s) {silent} never answered within {timeout:g} s; start every "
+                   "worker in TF_CONFIG with the same flags, or check their addresses")
+
 # The watchdog of `_when_peers_answer`: a separate Python (no TensorFlow), which ends the trainer if it is
 # still waiting for its peers after the timeout, saying which of them never answered.
 _WATCHDOG = r"""
 import os, select, signal, socket, sys
 import time
-wait, timeout, parent, prog, peers = float(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+wait, timeout, parent, prog, never_answered, peers = (float(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4],
+                                                      sys.argv[5], sys.argv[6:])
 def sigterm_pending():  # the trainer blocks SIGTERM while it waits: it stays pending, visible here
     with open(f"/proc/{parent}/status") as f:
         masks = [int(line.split()[1], 16) for line in f if line.startswith(("SigPnd:", "ShdPnd:"))]
@@ -98,11 +103,10 @@ def answers(address):
     except (OSError, ValueError):
         return False
 silent = [p for p in peers if not answers(p)]
-why = (f"worker(s) {', '.join(silent)} never answered within {timeout} s; start every worker in TF_CONFIG with "
-       f"the same flags, or check their addresses" if silent else
-       f"{', '.join(peers)} answer(s) but never joined the cluster within {timeout} s; is each an alexnet-train "
-       f"worker started with the same TF_CONFIG?")
-sys.stderr.write(f"{prog}: error: --cluster_timeout={timeout}: {why}\n")
+why = (never_answered.format(silent=", ".join(silent)) if silent else
+       f"--cluster_timeout={timeout}: {', '.join(peers)} answer(s) but never joined the cluster within {timeout} s; "
+       f"is each an alexnet-train worker started with the same TF_CONFIG?")
+sys.stderr.write(f"{prog}: error: {why}\n")
 sys.stderr.flush()
 os.kill(parent, signal.SIGKILL)  # TensorFlow's preemption notifier would take a SIGTERM, and the trainer stay
 """
@@ -132,8 +136,9 @@ def _when_peers_answer(build, timeout, log):
     handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGINT)}
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     left = max(1.0, timeout - (time.monotonic() - started))
+    never_answered = "--" + _NEVER_ANSWERED.format(timeout=timeout, silent="{silent}")
     watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(left), f"{timeout:g}", str(os.getpid()),
-                                 "alexnet-train", *peers], stdin=subprocess.PIPE)
+                                 "alexnet-train", never_answered, *peers], stdin=subprocess.PIPE)
     try:
         return build()
     finally:
@@ -177,9 +182,7 @@ def _rendezvous(peers, timeout):
             _drop_probes(listener)
             silent = [peer for peer in silent if not answers(peer)]
             if silent and time.monotonic() > deadline:
-                raise ClusterError(f"cluster_timeout={timeout:g}: worker(s) {', '.join(silent)} never answered "
-                                   f"within {timeout:g} s; start every worker in TF_CONFIG with the same flags, or "
-                                   f"check their addresses")
+                raise ClusterError(_NEVER_ANSWERED.format(timeout=timeout, silent=", ".join(silent)))
             time.sleep(0.2 if silent else 0)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -275,6 +278,14 @@ def failure_reason(error):
     lines = [line.strip() for line in text.splitlines()
              if line.strip() and not line.startswith(("Graph execution error", "Detected at node"))]
     return f"{type(error).__name__}: {lines[0][:200] if lines else 'no message'}"
+
+
+def lost_contact(error, *, when="", checkpoints=None):
+    """The ClusterError a collective's `error` becomes: which worker, and to restart every worker (resuming from
+    `checkpoints`, if there are any yet). `when`: e.g. " while starting"."""
+    resume = f" to resume from the last checkpoint ({checkpoints})" if checkpoints else ""
+    return ClusterError(f"lost contact with a worker of the cluster{when} ({failure_reason(error)}); restart every "
+                        f"worker with the same command{resume}")
 
 
 def preemption_handler(strategy, checkpoint, manager, exit_fn):

@@ -50,19 +50,22 @@ def estimate(model, *, local_replicas=1, views=1):
 def resident_bytes(field="VmRSS"):
     """This process's resident memory now (VmRSS), or its peak so far (`field="VmHWM"`: not getrusage's
     ru_maxrss, which Linux carries across fork and exec, so a child would report its parent's peak)."""
-    with open("/proc/self/status") as f:
-        return 1024 * int(next(line.split()[1] for line in f if line.startswith(field + ":")))
+    return _kib_field("/proc/self/status", field)
 
 
 def available_bytes():
     """(bytes this process can still take, where that figure comes from): the kernel's MemAvailable, or less
     if the process's cgroup (a container's memory limit) leaves less."""
-    with open("/proc/meminfo") as f:
-        available = 1024 * int(next(line.split()[1] for line in f if line.startswith("MemAvailable:")))
-    where = "MemAvailable in /proc/meminfo"
+    available, where = _kib_field("/proc/meminfo", "MemAvailable"), "MemAvailable in /proc/meminfo"
     if (room := _cgroup_room()) is not None and room < available:
         available, where = room, "the memory limit of this process's cgroup"
     return available, where
+
+
+def _kib_field(path, field):
+    """The `field: N kB` line of a /proc file, in bytes."""
+    with open(path) as f:
+        return 1024 * int(next(line.split()[1] for line in f if line.startswith(field + ":")))
 
 
 def _cgroup_room():

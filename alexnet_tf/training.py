@@ -269,9 +269,7 @@ def _starting(config):
     except BaseException as e:
         starting.check()  # a SIGTERM is the news, whatever it interrupted
         if config.strategy == "multi_worker" and isinstance(e, tf.errors.OpError):
-            raise cluster.ClusterError(
-                f"lost contact with a worker of the cluster while starting ({cluster.failure_reason(e)}); restart "
-                f"every worker with the same command") from None
+            raise cluster.lost_contact(e, when=" while starting") from None
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -305,10 +303,7 @@ def _reported_in_one_line(run):
                 f"no space left on device while writing {run.config.workdir}; the last complete checkpoint is "
                 f"{run.manager.latest_checkpoint or 'none yet'}") from None
         if run.config.strategy == "multi_worker" and isinstance(e, tf.errors.OpError):
-            raise cluster.ClusterError(
-                f"lost contact with a worker of the cluster ({cluster.failure_reason(e)}); restart every worker with "
-                f"the same command to resume from the last checkpoint ({Path(run.config.workdir) / 'checkpoints'})"
-            ) from None
+            raise cluster.lost_contact(e, checkpoints=Path(run.config.workdir) / "checkpoints") from None
         raise
     finally:
         if run.scratch is not None and run.scratch.exists():
