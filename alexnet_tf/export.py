@@ -292,7 +292,7 @@ def _int8_with_float_lrn(converter, model, representative_images):
 def representative_images(record, count=100):
     """`count` training images of the run `record` (a runs.RunRecord) describes, preprocessed for
     evaluation (centre crop), as float32 arrays."""
-    from alexnet_tf import data, pipelines
+    from alexnet_tf import augmentation, data, pipelines
     from alexnet_tf.sources import DatasetError
 
     config = record.config
@@ -302,9 +302,9 @@ def representative_images(record, count=100):
     except DatasetError as e:
         raise ExportError(f"tflite=int8 calibrates on training images of the model's dataset, which cannot be "
                           f"read here: {e}") from None
-    ds = pipelines.eval_pipeline(source.train.take(count), record.statistics, batch_size=count,
-                                 crop=record.model.image_size, resize=record.model.resize, decode=source.decode)
-    images = next(iter(ds))[0].numpy()
+    squares = next(iter(pipelines.eval_pipeline(source, "train", batch_size=count, size=record.model.resize,
+                                                count=count)))[0]
+    images = augmentation.eval_images(squares, crop=record.model.image_size, mean=record.statistics["mean"]).numpy()
     return [np.asarray(x, np.float32) for x in images]
 
 

@@ -16,7 +16,8 @@ GIB = 2**30
 # forward only, the two towers' ops run side by side and the pool holds on to what they used.
 ACTIVATIONS = 1.4
 EVAL_ACTIVATIONS = 0.65
-# Float input batches alive at once: the one trained on, the one prefetched, the one being built.
+# Input batches alive at once: the one trained on, the one prefetched, the one being built. They are uint8
+# squares (the step makes the float images from them, one batch of those at a time).
 INPUT_BATCHES = 3
 # Beyond the weights and momentum the process already holds: the gradients, and one transient of that size
 # while the optimizer updates (the benchmark's peak minus the resident memory before the first step).
@@ -34,15 +35,17 @@ class Estimate:
         return self.fixed + local_batch * self.per_image
 
 
-def estimate(model, *, local_replicas=1, views=1):
+def estimate(model, *, local_replicas=1, views=1, square=None):
     """The `Estimate` of a training step of `model` (a built Keras model) with `local_replicas` copies of its
-    gradients in this process (a mirrored strategy's replicas on this host). Evaluation with `views` views an
-    image (10 for the paper's ten crops) runs every view forward; whichever needs more counts."""
+    gradients in this process (a mirrored strategy's replicas on this host), fed uint8 squares of `square`
+    pixels a side (default: the model's input size). Evaluation with `views` views an image (10 for the
+    paper's ten crops) runs every view forward; whichever needs more counts."""
     outputs = [int(np.prod(layer.output.shape[1:])) for layer in model.layers]
     itemsize = np.dtype(model.layers[1].compute_dtype).itemsize  # float16 activations under mixed precision
-    input_bytes = 4 * int(np.prod(model.input_shape[1:]))  # the pipeline's batches are float32 either way
-    train = ACTIVATIONS * sum(outputs) * itemsize + INPUT_BATCHES * input_bytes
-    evaluation = views * (EVAL_ACTIVATIONS * sum(outputs) * itemsize + INPUT_BATCHES * input_bytes)
+    image = int(np.prod(model.input_shape[1:]))
+    squares = INPUT_BATCHES * 3 * (square or model.input_shape[1]) ** 2
+    train = ACTIVATIONS * sum(outputs) * itemsize + itemsize * image + squares
+    evaluation = views * (EVAL_ACTIVATIONS * sum(outputs) + image) * itemsize + squares
     trainable = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.trainable_variables)
     return Estimate(fixed=GRADIENT_COPIES * trainable * local_replicas, per_image=int(max(train, evaluation)))
 

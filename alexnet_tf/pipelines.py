@@ -1,64 +1,91 @@
-"""The input pipelines: a dataset's stored images to batches of the paper's training views (random crop,
-flip, PCA lighting, mean subtracted) or evaluation views (centre crop or ten views), and the pair a training
-run reads (`for_training`)."""
+"""The input pipelines: what the host does for training and evaluation, which is only reading.
+
+A dataset's stored images become batches of uint8 central squares (`size` x `size`, the paper's 256) with
+their labels, and a training batch also carries each image's random draw (`augmentation.draw`: its crop
+offset, flip and colour coefficients). The crops, flips, colour shifts, mean and float cast happen in the
+step, on the device (`alexnet_tf.augmentation`). A prepared dataset is read a batch at a time (one
+`parse_example` and one `decode_raw` for raw256); other datasets decode each image's central square and round
+it to uint8, as alexnet-prepare stores it. `for_training` gives the pair a run reads.
+"""
 
 import tensorflow as tf
 
-from alexnet_tf import preprocessing
+from alexnet_tf import augmentation, preprocessing
+
+AUTOTUNE = tf.data.AUTOTUNE
 
 
-def train_pipeline(examples, stats, *, batch_size, crop=227, resize=preprocessing.RESIZE,
-                   decode=preprocessing.decode_center_256, seed=0, shuffle_buffer=10_000, deterministic=False,
-                   pca_lighting=True, flip=True, pca_lighting_until=None, distribute=None):
-    """Endless shuffled batches of (augmented image, label) from (stored image, label) examples.
+def train_pipeline(source, *, batch_size, size=preprocessing.RESIZE, crop=227, seed=0, shuffle_buffer=10_000,
+                   deterministic=False, distribute=None):
+    """Endless shuffled batches of (uint8 squares [batch_size, size, size, 3], int64 labels, draws) of
+    `source`'s training split, for `augmentation.train_images` to turn into `crop` x `crop` training images.
 
-    `decode(image, resize)` gives each image's central square at `resize` (the paper's 256) before the
-    random crop. Each example's crop, flip and colour shift come from a seed derived from (`seed`, its
-    position in the stream), so with `deterministic=True` the batches are exactly reproducible; otherwise
-    map results may arrive out of order, which is faster. Pass a different `seed` on every (re)start.
-    With `pca_lighting_until`, only the stream's first that many images get the colour noise.
-    Crops are batched in the decoded square's dtype (uint8 from a prepared raw256 or jpeg256 dataset) with
-    their colour shifts, and the shifts added to each batch at once; `distribute(batches)`, if given, is
-    applied in between (the tf.data service: what crosses its wire is then the compact batches).
+    The draws of the k-th batch come from the seed (`seed`, k), so with `deterministic=True` the batches and
+    their augmentation are exactly reproducible; otherwise batches may arrive out of order, which is faster.
+    Pass a different `seed` on every (re)start. `distribute(batches)`, if given, is applied last (the tf.data
+    service: what crosses its wire is then the uint8 batches and their draws).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     options = tf.data.Options()
     options.deterministic = deterministic
-    lighting = lambda index: (pca_lighting if pca_lighting_until is None or not pca_lighting  # noqa: E731
-                              else index < pca_lighting_until)
-    patch = lambda index, image: preprocessing.train_patch(  # noqa: E731
-        decode(image, resize), tf.stack([tf.constant(seed, tf.int64), index]), crop=crop, mean=stats["mean"],
-        eigval=stats["eigval"], eigvec=stats["eigvec"], pca_lighting=lighting(index), flip=flip)
-    ds = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.enumerate().map(lambda i, ex: (patch(i, ex[0]), ex[1]), num_parallel_calls=tf.data.AUTOTUNE)
-    # A file that breaks after the scan must not end a long run; TF logs it.
-    ds = ds.ignore_errors(log_warning=True).batch(batch_size, drop_remainder=True)
+    ds = _shuffled_squares(source, batch_size, size, shuffle_buffer=shuffle_buffer, seed=seed)
+    seeds = tf.constant(seed, tf.int64)
+    ds = ds.enumerate().map(lambda k, batch: (*batch, augmentation.draw(tf.stack([seeds, k]), batch_size,
+                                                                        size=size, crop=crop)))
     if distribute is not None:
         ds = distribute(ds)
-    ds = ds.map(lambda patches, labels: (preprocessing.apply_shift(*patches), labels),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+    return ds.prefetch(AUTOTUNE).with_options(options)
 
 
-def eval_pipeline(examples, stats, *, batch_size, crop=227, resize=preprocessing.RESIZE,
-                  decode=preprocessing.decode_center_256, ten_crop=False):
-    """One pass of (centre crop or [10 views], label) batches, in order."""
-    ds = examples.map(lambda image, label: (preprocessing.eval_view(decode(image, resize), crop=crop,
-                                                                    mean=stats["mean"], ten_crop=ten_crop), label),
-                      num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def _shuffled_squares(source, batch_size, size, *, shuffle_buffer, seed):
+    if source.records is not None:  # a prepared dataset: shuffle the records, parse a batch at a time
+        files = source.records["train"]
+        records = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed).interleave(
+            tf.data.TFRecordDataset, cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE)
+        batches = records.shuffle(shuffle_buffer, seed=seed).repeat().batch(batch_size, drop_remainder=True)
+        return batches.map(lambda serialized: _sized(*source.parse(serialized), size), num_parallel_calls=AUTOTUNE)
+    ds = source.train.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.map(lambda image, label: (_square(source, image, size), label), num_parallel_calls=AUTOTUNE)
+    # A file that breaks after the scan must not end a long run; TF logs it.
+    return ds.ignore_errors(log_warning=True).batch(batch_size, drop_remainder=True)
 
 
-def for_training(config, source, stats, start, colour_noise_until=None, task=0):
+def eval_pipeline(source, split="validation", *, batch_size, size=preprocessing.RESIZE, count=None):
+    """One pass over `split` ("validation" or "train") of `source` in order, as (uint8 squares [B, size,
+    size, 3], labels) batches; only its first `count` images if given. `augmentation.eval_images` cuts the
+    views."""
+    if source.records is not None:
+        ds = tf.data.TFRecordDataset(source.records[split])
+        ds = ds.take(count) if count else ds
+        return ds.batch(batch_size).map(lambda serialized: _sized(*source.parse(serialized), size),
+                                        num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    examples = source.train if split == "train" else source.validation
+    examples = examples.take(count) if count else examples
+    ds = examples.map(lambda image, label: (_square(source, image, size), label), num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def _square(source, image, size):
+    return preprocessing.to_uint8(source.decode(image, size))
+
+
+def _sized(squares, labels, size):
+    """A batch of stored squares at `size` (a model whose `resize` is not the stored 256: area averaging to
+    shrink, bilinear to enlarge, as `preprocessing.center_square`), uint8."""
+    if squares.shape[1] == size:
+        return squares, labels
+    method = "area" if squares.shape[1] > size else "bilinear"
+    return preprocessing.to_uint8(tf.image.resize(squares, (size, size), method=method)), labels
+
+
+def for_training(config, source, start, task=0):
     """(training batches, validation batches) of a run of `config` on `source`, the training stream reseeded
-    from the step it starts at. `colour_noise_until`: the step from which the training images get no colour
-    noise (None: never). A multi-worker run's workers (`task`: this one's index) each take their share of
-    every global batch. With `config.data_service`, the training batches come from the tf.data service's
-    workers instead (`alexnet_tf.service`): each trainer reads its own job, shuffled and augmented with its
-    own seed, so trainers get different images; evaluation always runs here."""
+    from the step it starts at. A multi-worker run's workers (`task`: this one's index) each take their share
+    of every global batch. With `config.data_service`, the training batches come from the tf.data service's
+    workers instead (`alexnet_tf.service`): each trainer reads its own job, shuffled and drawn with its own
+    seed, so trainers get different images; evaluation always runs here."""
     model = config.model
-    until = None if colour_noise_until is None else max(0, colour_noise_until - start) * config.batch_size
     seed = config.seed * 1_000_003 + start + (task * 7_919 if config.data_service else 0)
     distribute = None
     if config.data_service:
@@ -67,15 +94,10 @@ def for_training(config, source, stats, start, colour_noise_until=None, task=0):
         from alexnet_tf import service
         distribute = lambda ds: service.distribute(  # noqa: E731
             ds, config.data_service, job_name=f"alexnet_tf:{config.workdir}:{start}:{task}")
-    train_ds = train_pipeline(source.train, stats, batch_size=config.batch_size, crop=model.image_size,
-                              resize=model.resize, decode=source.decode, seed=seed,
-                              deterministic=config.deterministic, pca_lighting=config.pca_lighting, flip=config.flip,
-                              pca_lighting_until=until, distribute=distribute)
-    val_examples = source.validation
-    if config.max_eval_images:
-        val_examples = val_examples.take(config.max_eval_images)
-    val_ds = eval_pipeline(val_examples, stats, batch_size=config.batch_size, crop=model.image_size,
-                           resize=model.resize, decode=source.decode, ten_crop=config.ten_crop)
+    train_ds = train_pipeline(source, batch_size=config.batch_size, size=model.resize, crop=model.image_size,
+                              seed=seed, deterministic=config.deterministic, distribute=distribute)
+    val_ds = eval_pipeline(source, batch_size=config.batch_size, size=model.resize,
+                           count=config.max_eval_images or None)
     if config.strategy == "multi_worker":
         train_ds = train_ds.with_options(_sharding(tf.data.experimental.AutoShardPolicy.OFF if config.data_service
                                                    else tf.data.experimental.AutoShardPolicy.DATA))

@@ -70,7 +70,7 @@ def features(fmt, num_classes):
 def square_uint8(source, image):
     """One stored image of `source` as the uint8 256x256 square `raw256` stores: today's `decode_center_256`
     output, rounded."""
-    return tf.cast(tf.round(tf.clip_by_value(source.decode(image, SIZE), 0, 255)), tf.uint8)
+    return preprocessing.to_uint8(source.decode(image, SIZE))
 
 
 def prepare(source, output, fmt, *, statistics, quality=JPEG_QUALITY, shard_size=None, task=0, tasks=1,
@@ -250,11 +250,36 @@ def load(path):
         return ds.map(lambda ex: (ex["image"], ex["label"]))
 
     def decode(image, size=SIZE):
-        # uint8 at the stored size: the pipelines crop and batch it as uint8 (a quarter of float32's bytes).
+        # uint8 at the stored size: the pipelines batch it as uint8 (a quarter of float32's bytes).
         square = tf.io.decode_jpeg(image, channels=3) if jpeg else image
         square.set_shape([SIZE, SIZE, 3])
         return square if size == SIZE else preprocessing.center_square(square, size)
 
+    plan = _read_plan(root)
+    records = {s: [str(plan.shard_path(root.resolve(), s, k)) for k in range(plan.shards(s))] for s in SPLITS}
+    if missing := next((p for paths in records.values() for p in paths if not Path(p).exists()), None):
+        raise DatasetError(f"dataset={name}: shard {missing} is missing; copy the whole folder again, or "
+                           f"prepare it again into a new --output")
     return Source(name=name, class_names=record["class_names"], train=split("train"),
                   validation=split("validation"), num_train=record["num_train"],
-                  num_validation=record["num_validation"], decode=decode, statistics=record["statistics"])
+                  num_validation=record["num_validation"], decode=decode, statistics=record["statistics"],
+                  records=records, parse=_parser(jpeg))
+
+
+def _parser(jpeg):
+    """parse(serialized examples [B]) -> (uint8 squares [B, 256, 256, 3], int64 labels [B]): one
+    `parse_example` for the whole batch; raw256's pixels are then one `decode_raw`, jpeg256's one JPEG decode
+    an image (TensorFlow decodes JPEGs one at a time, on the host)."""
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+    shape = tf.TensorSpec([SIZE, SIZE, 3], tf.uint8)
+
+    def parse(serialized):
+        features = tf.io.parse_example(serialized, spec)
+        if jpeg:
+            squares = tf.map_fn(lambda data: tf.ensure_shape(tf.io.decode_jpeg(data, channels=3), shape.shape),
+                                features["image"], fn_output_signature=shape)
+        else:
+            squares = tf.reshape(tf.io.decode_raw(features["image"], tf.uint8), [-1, SIZE, SIZE, 3])
+        return squares, features["label"]
+
+    return parse

@@ -7,7 +7,8 @@ float32 RGB in [0, 255] until the mean is subtracted.
   256x256. The central square is cut while decoding (`decode_and_crop_jpeg`),
   so a 500x375 JPEG decodes only 375x375 pixels.
 - Training: a random 227 (or 224) crop, a horizontal flip with probability
-  1/2, and the "fancy PCA" colour augmentation.
+  1/2, and the "fancy PCA" colour augmentation (`train_view`, one image: the
+  reference for the batched version the train step runs, `alexnet_tf.augmentation`).
 - Evaluation: the centre crop, or the ten views (four corners, centre, and
   their mirror images) whose softmax outputs the paper averages.
 - `Preprocessing`: the record of what an exported model expects (sizes, mean,
@@ -59,14 +60,6 @@ def center_square(image, size=RESIZE):
                    lambda: tf.image.resize(square, (size, size), method="bilinear"))
 
 
-def random_crop_and_flip(image, crop, seed, flip=True):
-    """A random crop x crop patch, mirrored left-right with probability 1/2 (unless `flip` is False).
-    `seed`: shape [2] int."""
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    patch = tf.image.stateless_random_crop(image, (crop, crop, 3), seed=crop_seed)
-    return tf.image.stateless_random_flip_left_right(patch, seed=flip_seed) if flip else patch
-
-
 def pca_lighting(image, eigval, eigvec, alpha):
     """Adds eigvec @ (alpha * eigval) to every pixel (paper, Section 4.1).
 
@@ -76,8 +69,11 @@ def pca_lighting(image, eigval, eigvec, alpha):
     return image + _shift(eigval, eigvec, alpha)
 
 
-def random_pca_lighting(image, eigval, eigvec, seed, stddev=0.1):
-    return tf.cast(image, tf.float32) + lighting_shift(eigval, eigvec, seed, stddev)
+def to_uint8(square):
+    """A square of 0..255 values (any dtype) as the uint8 pixels the pipelines ship and `raw256` stores."""
+    if square.dtype == tf.uint8:
+        return square
+    return tf.cast(tf.round(tf.clip_by_value(tf.cast(square, tf.float32), 0, 255)), tf.uint8)
 
 
 def center_crop(image, crop):
@@ -100,44 +96,25 @@ def ten_crops(image, crop, size=RESIZE):
     return tf.concat([patches, tf.image.flip_left_right(patches)], axis=0)
 
 
-def train_view(square, seed, *, crop, mean, eigval, eigvec, pca_lighting=True, flip=True):
-    """Everything the paper does to a training image after the central square (`decode_center_256`), minus
-    batching: `apply_shift(*train_patch(...))`. `seed`: shape [2] int. `pca_lighting` and `flip` switch off
-    the colour augmentation and the reflections (ablations); `pca_lighting` may also be a boolean tensor (the
-    colour noise switched off late in a run)."""
-    return apply_shift(*train_patch(square, seed, crop=crop, mean=mean, eigval=eigval, eigvec=eigvec,
-                                    pca_lighting=pca_lighting, flip=flip))
-
-
-def train_patch(square, seed, *, crop, mean, eigval, eigvec, pca_lighting=True, flip=True):
-    """(the random crop, flipped, in the square's own dtype; the [3] colour shift to add to it: the PCA
-    lighting minus the mean). Split so that a pipeline can batch uint8 patches (a quarter of float32's
-    bytes) and add the shifts to the whole batch at once (`apply_shift`)."""
-    crop_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    patch = random_crop_and_flip(square, crop, crop_seed, flip=flip)
-    mean = tf.convert_to_tensor(mean, tf.float32)
-    if isinstance(pca_lighting, bool) and not pca_lighting:
-        return patch, -mean
-    delta = lighting_shift(eigval, eigvec, colour_seed)
-    if not isinstance(pca_lighting, bool):
-        delta = tf.where(pca_lighting, delta, tf.zeros_like(delta))
-    return patch, delta - mean
-
-
-def lighting_shift(eigval, eigvec, seed, stddev=0.1):
-    """The paper's colour shift of one image: eigvec @ (alpha * eigval), alpha ~ N(0, stddev) from `seed`."""
-    return _shift(eigval, eigvec, tf.random.stateless_normal([3], seed=seed, stddev=stddev))
+def train_view(square, draw, *, crop, mean, eigval, eigvec, pca_lighting=True, flip=True):
+    """One image's training view, float32 [crop, crop, 3]: the reference that the step's batched
+    `augmentation.train_images` equals. `draw` = (offset [2] as (top, left), flipped: bool, alpha [3]), one
+    row of `augmentation.draw`: the crop at `offset`, mirrored if `flipped`, plus the colour shift of
+    `alpha`, minus the mean. `pca_lighting` and `flip` switch off the colour augmentation and the
+    reflections (ablations)."""
+    offset, flipped, alpha = draw
+    patch = square[offset[0]:offset[0] + crop, offset[1]:offset[1] + crop]
+    if flip:
+        patch = tf.cond(flipped, lambda: tf.image.flip_left_right(patch), lambda: patch)
+    shift = -tf.convert_to_tensor(mean, tf.float32)
+    if pca_lighting:
+        shift = _shift(eigval, eigvec, alpha) + shift
+    return tf.cast(patch, tf.float32) + shift
 
 
 def _shift(eigval, eigvec, alpha):
     return tf.linalg.matvec(tf.convert_to_tensor(eigvec, tf.float32),
                             tf.cast(alpha, tf.float32) * tf.convert_to_tensor(eigval, tf.float32))
-
-
-def apply_shift(patch, shift):
-    """float32 patch(es) plus their colour shift(s): [H, W, 3] and [3], or a batch [N, H, W, 3] and [N, 3]."""
-    shift = tf.convert_to_tensor(shift, tf.float32)
-    return tf.cast(patch, tf.float32) + shift[..., None, None, :]
 
 
 def eval_view(square, *, crop, mean, ten_crop=False):

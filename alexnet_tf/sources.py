@@ -15,7 +15,8 @@ class Source:
     """A dataset as stored images: `train` and `validation` are `tf.data.Dataset`s of (stored image, int64
     label), and `decode(image, size)` turns one stored image into what the pipelines crop: its central
     square at size x size, 0..255 (float32, or uint8 where no resizing was needed). Datasets of encoded files
-    (JPEG, PNG, ...) decode with `decode_center_256`; prepared ones (squares already) give their own."""
+    (JPEG, PNG, ...) decode with `decode_center_256`; prepared ones (squares already) give their own, and
+    their `records` and `parse` too."""
     name: str
     class_names: list
     train: object
@@ -27,8 +28,13 @@ class Source:
     # Files that were usable after conversion, as (path, what was done).
     converted: list = dataclasses.field(default_factory=list)
     decode: object = preprocessing.decode_center_256
-    # The mean and PCA colour basis to train with, for a dataset that carries its own (none does yet).
+    # The mean and PCA colour basis to train with, for a dataset that carries its own (prepared ones do).
     statistics: dict | None = None
+    # Prepared datasets: each split's TFRecord files in order, and `parse(serialized examples [B])` -> (uint8
+    # squares [B, S, S, 3], int64 labels [B]), so that the pipelines parse and decode a whole batch at once
+    # rather than a record at a time (BUILD_NOTES "Input on the device").
+    records: dict | None = None
+    parse: object = None
 
     @property
     def num_classes(self):

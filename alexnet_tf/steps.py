@@ -17,8 +17,11 @@ def top_k_correct(logits, labels, k):
     return tf.reduce_sum(tf.cast(tf.math.in_top_k(tf.cast(labels, tf.int32), logits, k), tf.float32))
 
 
-def make_train_step(model, optimizer, *, global_batch_size, strategy, jit=False, mirrored=True):
-    """A `tf.function(images, labels)` that runs one step on every replica.
+def make_train_step(model, optimizer, *, global_batch_size, strategy, jit=False, mirrored=True, augment=None):
+    """A `tf.function(images, labels)` that runs one step on every replica; with `augment`, a
+    `tf.function(squares, labels, draws)` whose replicas first make their training images with
+    `augment(squares, draws)` (`augmentation.for_training`): on the replica's device, inside the step's
+    function and, with `jit`, inside its XLA cluster.
 
     The loss is the cross-entropy alone; the paper's weight decay is part of
     the update (`PaperSGD`). Returns summed (over the global batch)
@@ -34,7 +37,8 @@ def make_train_step(model, optimizer, *, global_batch_size, strategy, jit=False,
     replicas = strategy.num_replicas_in_sync
     scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-    def replica_step(images, labels):
+    def replica_step(inputs, labels, *draws):
+        images = augment(inputs, *draws) if augment is not None else inputs
         logits = model(images, training=True)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=logits)
         ce_sum = tf.reduce_sum(ce)
@@ -56,8 +60,8 @@ def make_train_step(model, optimizer, *, global_batch_size, strategy, jit=False,
         return metrics, summed
 
     @tf.function(jit_compile=jit)
-    def step(images, labels):
-        metrics, summed = strategy.run(replica_step, args=(images, labels))
+    def step(*batch):
+        metrics, summed = strategy.run(replica_step, args=batch)
         if not mirrored:  # this worker's one replica: apply the global sum to its own copy
             optimizer.apply([strategy.experimental_local_results(g)[0] for g in summed], variables)
         ce, top1, top5, gnorm = (strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in metrics)
@@ -66,13 +70,16 @@ def make_train_step(model, optimizer, *, global_batch_size, strategy, jit=False,
     return step
 
 
-def make_eval_step(model, strategy, *, ten_crop=False):
+def make_eval_step(model, strategy, *, ten_crop=False, views=None):
     """A `tf.function(images, labels)` -> (summed cross-entropy, top-1 and top-5 correct counts).
 
     With `ten_crop`, images are [batch, 10, h, w, 3] and the softmax of the ten
-    views is averaged, as in the paper.
+    views is averaged, as in the paper. With `views` (`augmentation.for_evaluation`), the step takes the
+    uint8 squares and each replica cuts its views on its own device.
     """
     def replica_step(images, labels):
+        if views is not None:
+            images = views(images)
         if ten_crop:
             shape = tf.shape(images)
             logits = model(tf.reshape(images, tf.concat([[-1], shape[2:]], 0)), training=False)
@@ -103,12 +110,12 @@ def precision_policy(policy):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def paper_train_step(model, batch_size, *, precision="float32", jit=False):
+def paper_train_step(model, batch_size, *, precision="float32", jit=False, augment=None):
     """The trainer's step for `model` with the paper's optimizer (lr 0.01, momentum 0.9, decay 5e-4), on the
-    default strategy: what the benchmark and the profile time. `precision` must be the global policy `model`
-    was built under."""
+    default strategy: what the benchmark and the profile time (with `augment`, the step that augments uint8
+    squares, as `make_train_step`). `precision` must be the global policy `model` was built under."""
     from alexnet_tf import optim
 
     optimizer = optim.make_optimizer(model.trainable_variables, precision=precision)
     return make_train_step(model, optimizer, global_batch_size=batch_size, strategy=tf.distribute.get_strategy(),
-                           jit=jit)
+                           jit=jit, augment=augment)

@@ -18,9 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import (checkpoints, cluster, config as config_lib, data, footprint, metrics, model as model_lib,
-                        optim, pipelines, placement, runs, service, sources, statistics, steps, summaries,
-                        workdir as workdir_lib)
+from alexnet_tf import (augmentation, checkpoints, cluster, config as config_lib, data, footprint, metrics,
+                        model as model_lib, optim, pipelines, placement, runs, service, sources, statistics, steps,
+                        summaries, workdir as workdir_lib)
 from alexnet_tf.metrics import NonFiniteLoss  # noqa: F401  (training.NonFiniteLoss: what a run raises)
 
 
@@ -145,16 +145,18 @@ def _set_up(config, strategy, chief, log, starting):
             num_validation=source.num_validation, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
             replicas=strategy.num_replicas_in_sync), source.class_names)
     start = int(state.step.numpy())
-    calendar = optim.checkpointed(state.schedule)
-    train_ds, val_ds = pipelines.for_training(config, source, stats, start, colour_noise_until=(
-        calendar.colour_noise_until(steps_per_epoch) if hasattr(calendar, "colour_noise_until") else None),
-        task=strategy.cluster_resolver.task_id if config.strategy == "multi_worker" else 0)
+    train_ds, val_ds = pipelines.for_training(
+        config, source, start, task=strategy.cluster_resolver.task_id if config.strategy == "multi_worker" else 0)
     num_eval = min(source.num_validation, config.max_eval_images or source.num_validation)
+    calendar = optim.checkpointed(state.schedule)  # the 2012 code's colour noise stops at a step of its calendar
+    augment, views = augmentation.for_run(config, stats, step=state.step, colour_noise_until=(
+        calendar.colour_noise_until(steps_per_epoch) if hasattr(calendar, "colour_noise_until") else None))
     return Run(config=config, state=state, strategy=strategy, chief=chief, manager=manager, scratch=scratch,
                train_iter=iter(strategy.experimental_distribute_dataset(train_ds)),
                train_step=steps.make_train_step(state.model, state.optimizer, global_batch_size=config.batch_size,
-                                                strategy=strategy, jit=config.jit, mirrored=not config.hybrid),
-               evaluate=_evaluator(state.model, strategy, val_ds, config.ten_crop, num_eval),
+                                                strategy=strategy, jit=config.jit, mirrored=not config.hybrid,
+                                                augment=augment),
+               evaluate=_evaluator(state.model, strategy, val_ds, views, config.ten_crop, num_eval),
                writers=summaries.writers(workdir, chief), start=start, steps_per_epoch=steps_per_epoch,
                total_steps=total_steps, estimated_peak=estimated_peak, log=log)
 
@@ -167,7 +169,8 @@ def _check_memory(config, model, strategy, log):
         return None
     workers = cluster.num_workers(strategy)
     local_replicas = 1 if config.hybrid else strategy.num_replicas_in_sync // workers
-    need = footprint.estimate(model, local_replicas=local_replicas, views=10 if config.ten_crop else 1)
+    need = footprint.estimate(model, local_replicas=local_replicas, views=10 if config.ten_crop else 1,
+                              square=config.model.resize)
     peak = footprint.check_batch_fits(need, config.batch_size, workers=workers,
                                       multiple=strategy.num_replicas_in_sync)
     log(f"memory: about {peak / footprint.GIB:.1f} GiB at the step's peak (estimated)")
@@ -211,9 +214,10 @@ def _resume_or_initialize(config, state, strategy, chief, scratch, log):
                                 + list(optim.checkpointed(state.schedule).variables), chief)
 
 
-def _evaluator(model, strategy, val_ds, ten_crop, num_eval):
-    """evaluate() -> {loss, top1_error, top5_error} over the validation set, across replicas and workers."""
-    eval_step = steps.make_eval_step(model, strategy, ten_crop=ten_crop)
+def _evaluator(model, strategy, val_ds, views, ten_crop, num_eval):
+    """evaluate() -> {loss, top1_error, top5_error} over the validation set (batches of squares, cut into
+    `views` in the step), across replicas and workers."""
+    eval_step = steps.make_eval_step(model, strategy, ten_crop=ten_crop, views=views)
 
     def evaluate():
         totals = np.zeros(3)

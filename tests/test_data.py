@@ -12,7 +12,6 @@ from alexnet_tf import data, folders, pipelines, preprocessing, statistics
 from alexnet_tf.config import EMBEDDED_DATASET
 from alexnet_tf.sources import DatasetError
 
-STATS = dict(mean=[120.0, 115.0, 100.0], eigval=[50.0, 5.0, 1.0], eigvec=np.eye(3).tolist())
 
 
 def random_rgb(seed, size=(60, 80)):
@@ -63,15 +62,17 @@ def test_folder_dataset_converts_what_it_can_and_skips_the_rest(messy_folder):
         assert what in got_converted[path]
     assert source.num_train + source.num_validation == 12 + len(converted)
 
-    # Training runs through the whole folder, the converted files included.
-    batches = pipelines.train_pipeline(source.train, STATS, batch_size=3, crop=67, seed=0, shuffle_buffer=20)
+    # Training runs through the whole folder, the converted files included: uint8 squares for the step.
+    batches = pipelines.train_pipeline(source, batch_size=3, size=76, crop=67, seed=0, shuffle_buffer=20)
     seen = 0
-    for images, labels in batches.take(10):
-        assert images.shape == (3, 67, 67, 3) and np.isfinite(images.numpy()).all()
+    for squares, labels, (offsets, flips, alphas) in batches.take(10):
+        assert squares.dtype == tf.uint8 and squares.shape == (3, 76, 76, 3)
+        assert offsets.shape == (3, 2) and flips.shape == (3,) and alphas.shape == (3, 3)
         assert set(labels.numpy()) <= {0, 1}
         seen += 1
     assert seen == 10
-    evals = list(pipelines.eval_pipeline(source.validation, STATS, batch_size=4, crop=67))
+    evals = list(pipelines.eval_pipeline(source, batch_size=4, size=76))
+    assert all(s.dtype == tf.uint8 and s.shape[1:] == (76, 76, 3) for s, _ in evals)
     assert sum(len(l) for _, l in evals) == source.num_validation
 
 
@@ -163,14 +164,14 @@ def test_deterministic_train_pipeline_is_reproducible(messy_folder):
     source = folders.load_folder(str(root))
 
     def first_batches(seed):
-        ds = pipelines.train_pipeline(source.train, STATS, batch_size=4, crop=67, seed=seed, deterministic=True)
-        return [(x.numpy(), y.numpy()) for x, y in ds.take(3)]
+        ds = pipelines.train_pipeline(source, batch_size=4, size=76, crop=67, seed=seed, deterministic=True)
+        return [tf.nest.map_structure(lambda t: t.numpy(), batch) for batch in ds.take(3)]
 
     a, b, c = first_batches(5), first_batches(5), first_batches(6)
-    for (xa, ya), (xb, yb) in zip(a, b):
-        np.testing.assert_array_equal(xa, xb)
-        np.testing.assert_array_equal(ya, yb)
-    assert not all(np.array_equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
+    for batch_a, batch_b in zip(a, b):
+        tf.nest.map_structure(np.testing.assert_array_equal, batch_a, batch_b)  # squares, labels and draws
+    assert not all(np.array_equal(xa[0], xc[0]) for xa, xc in zip(a, c))
+    assert not all(np.array_equal(xa[2][0], xc[2][0]) for xa, xc in zip(a, c))  # other crops too
 
 
 def _tar_member(tar, name, payload):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import config as cfg, data, export, optim, pipelines, runs, training
+from alexnet_tf import augmentation, config as cfg, export, optim, runs, training
 from alexnet_tf.layers import SameMapResponseNormalization
 from alexnet_tf.model import build_alexnet
 from helpers import TINY, cli, tiny_config
@@ -122,20 +122,24 @@ def test_the_logged_calendar_at_90_epochs_and_stretched():
     assert short.colour_noise_until(steps_per_epoch=10) == 134
 
 
-def test_colour_noise_stops_at_the_given_image_of_the_stream(shapes_folder, tmp_path):
-    source = data.load_dataset(f"folder:{shapes_folder}", str(tmp_path / "data"))
+def test_the_recipes_colour_noise_stops_at_its_calendars_step(tmp_path, shapes_folder):
+    """The run's augmentation (augmentation.for_run, as training builds it) stops the colour noise at the step
+    the 2012 calendar names, counted by the run's step variable inside the step."""
+    config = runs.make_config(**{**vars(tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data")),
+                                 "recipe": "original_code", "lr_schedule": None})
     stats = {"mean": [0.0] * 3, "eigval": [500.0, 50.0, 5.0], "eigvec": np.eye(3).tolist()}
-
-    def first(n, **kwargs):
-        ds = pipelines.train_pipeline(source.train, stats, batch_size=n, crop=67, resize=76, seed=3,
-                                     deterministic=True, decode=source.decode,
-                                 shuffle_buffer=1, flip=False, **kwargs)
-        return next(iter(ds))[0].numpy()
-
-    lit, plain, switched = first(6), first(6, pca_lighting=False), first(6, pca_lighting_until=4)
-    np.testing.assert_allclose(switched[:4], lit[:4], atol=1e-4)
-    np.testing.assert_allclose(switched[4:], plain[4:], atol=1e-4)
-    assert not np.allclose(lit[4:], plain[4:], atol=1e-2)
+    until = optim.OriginalCodeSchedule(0.01, 90).colour_noise_until(steps_per_epoch=10)
+    step = tf.Variable(0, dtype=tf.int64)
+    augment, _ = augmentation.for_run(config, stats, step=step, colour_noise_until=until)
+    squares = tf.random.uniform((6, 76, 76, 3), 0, 255, dtype=tf.int32, seed=1)
+    squares = tf.cast(squares, tf.uint8)
+    draws = augmentation.draw(tf.constant([3, 0], tf.int64), 6, size=76, crop=67)
+    plain = augmentation.train_images(squares, draws, crop=67, pca_lighting=False, **stats)
+    lit = augmentation.train_images(squares, draws, crop=67, **stats)
+    assert not np.allclose(lit, plain, atol=1e-2)
+    for at, want in ((until - 1, lit), (until, plain)):
+        step.assign(at)
+        np.testing.assert_allclose(augment(squares, draws).numpy(), want.numpy(), atol=1e-4)
 
 
 def test_original_code_recipe_trains_records_resumes_and_exports(tmp_path, shapes_folder):

@@ -148,6 +148,36 @@ def test_bad_files_are_skipped_and_named(tmp_path, shapes_folder, data_dir):
     assert loaded.num_train + loaded.num_validation == 80
 
 
+@pytest.mark.parametrize("fmt", prepared.FORMATS)
+def test_batched_reads_give_the_stored_squares_and_the_ten_views_of_the_per_image_path(fmt, tmp_path, shapes_folder,
+                                                                                     data_dir):
+    """The pipelines parse a prepared dataset a batch at a time: the same squares, in the same order, as
+    TFDS's per-example decoding; and the evaluation the step does on them (views cut on the device) gives
+    the numbers of the per-image path it replaced (`preprocessing.eval_view` in the pipeline)."""
+    from alexnet_tf import augmentation, pipelines, preprocessing, steps
+    from alexnet_tf.model import build_alexnet
+
+    _prepare(f"folder:{shapes_folder}", data_dir, tmp_path / fmt, fmt, shard_size=7)
+    source = data.load_dataset(f"prepared:{tmp_path / fmt}")
+    stored = list(_stored(tmp_path / fmt, "validation").as_numpy_iterator())
+    batches = list(pipelines.eval_pipeline(source, batch_size=4, size=256).as_numpy_iterator())
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), np.stack([s[0] for s in stored]))
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), [s[1] for s in stored])
+    assert all(b[0].dtype == np.uint8 for b in batches)
+    model = build_alexnet(10, image_size=227, width=0.125, seed=0)
+    mean = source.statistics["mean"]
+    strategy = tf.distribute.get_strategy()
+    on_device = steps.make_eval_step(model, strategy, ten_crop=True,
+                                     views=augmentation.for_evaluation(source.statistics, crop=227, ten_crop=True))
+    per_image = steps.make_eval_step(model, strategy, ten_crop=True)
+    old_path = _stored(tmp_path / fmt, "validation").map(
+        lambda square, label: (preprocessing.eval_view(square, crop=227, mean=mean, ten_crop=True), label)).batch(4)
+    for (squares, labels), (views, same_labels) in zip(batches, old_path):
+        np.testing.assert_array_equal(labels, same_labels)
+        np.testing.assert_allclose([float(v) for v in on_device(tf.constant(squares), tf.constant(labels))],
+                                   [float(v) for v in per_image(views, same_labels)], rtol=1e-6)
+
+
 def test_what_cannot_be_prepared_or_read_is_one_line(tmp_path, shapes_folder, data_dir):
     out = tmp_path / "out"
     args = (f"--dataset=folder:{shapes_folder}", f"--data_dir={data_dir}", f"--output={out}")
@@ -159,10 +189,18 @@ def test_what_cannot_be_prepared_or_read_is_one_line(tmp_path, shapes_folder, da
         (cli("prepare", *args, "--task=2", "--tasks=2"), "--task=2: must be below --tasks=2"),
         (cli("train", f"--dataset=prepared:{tmp_path / 'nothing'}", f"--workdir={tmp_path / 'run'}"),
          "is not a prepared dataset"),
+        (_without_a_shard(out, tmp_path / "copy"), "prepared-train.tfrecord-00000-of-00001 is missing"),
     ]:
         assert proc.returncode != 0, proc.stdout
         assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "again").exists()
+
+
+def _without_a_shard(prepared_dir, copy):
+    """alexnet-train on a copy of `prepared_dir` whose first training shard was lost."""
+    shutil.copytree(prepared_dir, copy)
+    next(copy.glob("prepared-train.tfrecord-*")).unlink()
+    return cli("train", f"--dataset=prepared:{copy}", f"--workdir={copy.parent / 'run_copy'}")
 
 
 @pytest.mark.heavy

@@ -4,7 +4,6 @@ pick, and stop."""
 import json
 import signal
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -43,18 +42,22 @@ def test_each_trainer_gets_its_own_images_each_once_an_epoch(tmp_path):
     try:
         config = runs.make_config(dataset="solid", workdir=str(tmp_path / "run"), preset="tiny", batch_size=8,
                                   pca_lighting=False, data_service=dispatcher.target, strategy="multi_worker")
-        stats = {"mean": [0.0, 0.0, 0.0], "eigval": [0.0] * 3, "eigvec": np.eye(3).tolist()}
         source = _solid_source(240)
         # What the two workers of a multi-worker run build from the same config.
-        streams = [iter(pipelines.for_training(config, source, stats, start=0, task=t)[0]) for t in (0, 1)]
-        seen = {0: [], 1: []}
+        streams = [iter(pipelines.for_training(config, source, start=0, task=t)[0]) for t in (0, 1)]
+        seen, draws = {0: [], 1: []}, {0: [], 1: []}
         for _ in range(30):  # one epoch each
             for task, stream in enumerate(streams):
-                images, _ = next(stream)
-                seen[task] += [int(round(float(v))) for v in images[:, 0, 0, 0].numpy()]
+                squares, labels, (offsets, flips, alphas) = next(stream)
+                # What crosses the service's wire: uint8 squares (no float, no colour shift) and the draws.
+                assert squares.dtype == tf.uint8 and squares.shape == (8, 76, 76, 3)
+                assert (offsets.dtype, flips.dtype, alphas.dtype) == (tf.int32, tf.bool, tf.float32)
+                seen[task] += [int(v) for v in squares[:, 0, 0, 0].numpy()]
+                draws[task] += [tuple(o) for o in offsets.numpy()]
         for task in (0, 1):
             assert sorted(seen[task]) == list(range(240))  # every image once in the epoch
-        assert seen[0] != seen[1]  # in a different order and with other crops
+        assert seen[0] != seen[1]  # in a different order
+        assert draws[0] != draws[1]  # and with other crops
         assert sum(a == b for a, b in zip(seen[0], seen[1])) < 24  # not the same batches
     finally:
         worker.stop()

@@ -79,14 +79,13 @@ def _agreement(run, images, reference):
 def inference_models(workdir, *, repeats=5, warmup=2, log=print):
     """Latency (batch 1) and throughput (batch 64) of the workdir's model as Keras, SavedModel and each
     TFLite variant, with each one's top-1 agreement with Keras on 200 validation images."""
-    from alexnet_tf import data, export, pipelines
+    from alexnet_tf import augmentation, data, export, pipelines
 
     model, run, record = export.load_trained(workdir)
     config = run.config
     source = data.load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction)
-    held_out = next(iter(pipelines.eval_pipeline(
-        source.validation.take(200), run.statistics, batch_size=200, crop=record.image_size,
-        resize=record.resize, decode=source.decode)))[0].numpy()
+    squares = next(iter(pipelines.eval_pipeline(source, batch_size=200, size=record.resize, count=200)))[0]
+    held_out = augmentation.eval_images(squares, crop=record.image_size, mean=run.statistics["mean"]).numpy()
     keras_fn = _keras_probabilities(model)
     reference = keras_fn(held_out)
     with tempfile.TemporaryDirectory() as tmp:
