@@ -16,10 +16,14 @@ def tiny():
 
 
 def test_the_estimate_follows_the_layer_shapes_and_what_trains(tiny):
-    need = footprint.estimate(tiny)
+    need = footprint.estimate(tiny, square=76)
     outputs = sum(int(np.prod(layer.output.shape[1:])) for layer in tiny.layers)
-    crop = 4 * 67 * 67 * 3
-    assert need.per_image == int(footprint.ACTIVATIONS * outputs * 4 + footprint.INPUT_BATCHES * crop)
+    # The pipeline's batches are uint8 squares (76 pixels a side for the tiny preset); the step makes one
+    # float32 batch of crops from them.
+    crop, square = 4 * 67 * 67 * 3, 76 * 76 * 3
+    assert need.per_image == int(footprint.ACTIVATIONS * outputs * 4 + crop + footprint.INPUT_BATCHES * square)
+    assert footprint.estimate(tiny, square=256).per_image - need.per_image == \
+        footprint.INPUT_BATCHES * 3 * (256**2 - 76**2)
     assert need.fixed == footprint.GRADIENT_COPIES * 4 * tiny.count_params()
     assert footprint.estimate(tiny, local_replicas=2).fixed == 2 * need.fixed  # a gradient copy per replica
     assert footprint.estimate(tiny, views=10).per_image > need.per_image      # ten crops forward each image

@@ -29,8 +29,9 @@ result, run = training.train(config, log=lambda *a: None)
 np.savez({out!r}, *[v.numpy() for v in run.state.model.trainable_variables])
 if {strategy!r} == "multi_worker":
     # Where this worker's step runs: trace it again (plain tensors, one local replica) and list every op.
-    graph = run.train_step.get_concrete_function(tf.TensorSpec((8, 67, 67, 3), tf.float32),
-                                                      tf.TensorSpec((8,), tf.int64)).graph
+    graph = run.train_step.get_concrete_function(
+        tf.TensorSpec((8, 76, 76, 3), tf.uint8), tf.TensorSpec((8,), tf.int64),
+        (tf.TensorSpec((8, 2), tf.int32), tf.TensorSpec((8,), tf.bool), tf.TensorSpec((8, 3), tf.float32))).graph
     handles = {{}}
     for outer, inner in graph.captures:
         for v in run.state.model.trainable_variables:
@@ -108,6 +109,10 @@ def test_hybrid_workers_keep_towers_on_their_own_devices_and_match_one_process(t
                                                                                                 device)
             checked[kind] += 1
         assert min(checked.values()) > 0, checked  # each kind was found and checked
+        # The augmentation (the crop's gathers of the uint8 squares) runs at the top of the replica's step, on
+        # the replica's device, which is tower a's: both towers' conv1 read the one augmented batch from there.
+        crops = [device for name, op_type, device, _ in placed["ops"] if op_type == "GatherV2"]
+        assert crops and set(crops) == {f"/job:worker/replica:0/task:{task}/device:CPU:0"}, crops
 
 
 def _start_workers(tmp_path, shapes_folder, cluster, steps, extra=()):

@@ -66,8 +66,8 @@ def _data_and_model(values):
 
 def _recipe(values):
     string, enum, number, boolean = _definers(values)
-    boolean("pca_lighting", "Training: the paper's PCA colour augmentation.")
-    boolean("flip", "Training: random horizontal reflections.")
+    boolean("pca_lighting", "Training: the paper's PCA colour augmentation (applied in the train step).")
+    boolean("flip", "Training: random horizontal reflections (applied in the train step).")
     string("init_from", None, "Fine-tune: start from this workdir (alexnet-train or alexnet-import) or checkpoint. "
            "Every layer is loaded; fc8 is initialized anew when the class count differs. Only a fresh workdir is "
            f"initialized: rerunning resumes. Uses the fine-tuning recipe (lr {cfg.FINETUNE_RECIPE['lr']:g}, "
@@ -114,12 +114,15 @@ def _running(values):
          "dynamic loss scaling.")
     boolean("jit", "Compile the train step with XLA.")
     number("integer", "seed", D.seed, "Seed for initialization, dropout, shuffling and augmentation.")
+    boolean("deterministic", "Read the input in a reproducible order: the same --seed gives the same batches "
+            "and the same crops, flips and colour shifts (the input is slower).")
     number("integer", "max_eval_images", D.max_eval_images, "Evaluate on at most this many validation images.")
     number("integer", "max_pixels", D.max_pixels, "Refuse (skip, with a line naming it) any image whose header says "
            "it has more pixels than this, before decoding it: a guard against decompression bombs.")
     string("data_service", None, "grpc://HOST:PORT of a tf.data service dispatcher (alexnet-data-service): the "
-           "training pipeline (read, decode, crop, flip, lighting, batch) runs on its workers, each epoch's images "
-           "split among them; evaluation stays here. Default: all input runs in this process.")
+           "training pipeline's host side (read, decode, batch uint8 squares) runs on its workers, each epoch's "
+           "images split among them; the augmentation stays in this trainer's step, evaluation here too. "
+           "Default: all input runs in this process.")
     number("float", "data_service_timeout", D.data_service_timeout, "Seconds to wait for --data_service's "
            "dispatcher to answer at start-up before giving up.")
     string("export_dir", "export/alexnet", "After training, export a SavedModel to <export_dir>/<version>/ (when "

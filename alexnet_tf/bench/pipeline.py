@@ -1,5 +1,6 @@
-"""The input pipeline alone (from stored JPEGs, jpeg256 and raw256, locally and through the tf.data service),
-and training end to end from each: what feeding the step costs."""
+"""The input pipeline's host side alone (from stored JPEGs, jpeg256 and raw256: read, decode, batch; locally and
+through the tf.data service), the augmentation the step does on the device, and training end to end from
+each format against the same step fed in-memory float batches: what feeding the step costs."""
 
 import dataclasses
 import time
@@ -86,8 +87,8 @@ def bytes_per_image(fmt, source, root, sample=512):
 def _train_ds(source, batch_size, crop=227, distribute=None):
     from alexnet_tf import pipelines
 
-    return pipelines.train_pipeline(source.train, bench_statistics(), batch_size=batch_size, crop=crop,
-                                    decode=source.decode, shuffle_buffer=1000, distribute=distribute)
+    return pipelines.train_pipeline(source, batch_size=batch_size, size=256, crop=crop, shuffle_buffer=1000,
+                                    distribute=distribute)
 
 
 def throughput(ds, batch_size, *, batches=20, warmup=3):
@@ -105,11 +106,10 @@ def throughput(ds, batch_size, *, batches=20, warmup=3):
 
 def format_rows(sources, root, batch_size, *, batches=20, cores=None):
     """{format: {images_per_s, images_per_s_per_core, bytes_per_image, cores_for_gpu}} of the training
-    pipeline alone (read, decode, crop, flip, PCA lighting, batch) on every core of this machine, and the
-    augmentation alone (`augment_only`)."""
+    pipeline's host side (read, decode, batch the uint8 squares, draw each image's augmentation) on every core
+    of this machine, and `records_only`: raw256's shards read as bytes, nothing parsed (its floor)."""
     import os
 
-    import numpy as np
     import tensorflow as tf
 
     cores = cores or len(os.sched_getaffinity(0))
@@ -119,14 +119,42 @@ def format_rows(sources, root, batch_size, *, batches=20, cores=None):
         rows[fmt] = {"images_per_s": rate, "images_per_s_per_core": rate / cores,
                      "bytes_per_image": bytes_per_image(fmt, source, root),
                      "cores_for_gpu": GPU_IMAGES_PER_S / (rate / cores), "batch_size": batch_size, "cores": cores}
-    # What is left once nothing is read or decoded: raw256's squares held in memory, cropped, flipped, lit and
-    # batched. No stored format can be faster than this.
-    raw = sources["raw256"]
-    squares, labels = (np.stack(column) for column in zip(*raw.train.as_numpy_iterator()))
-    in_memory = dataclasses.replace(raw, train=tf.data.Dataset.from_tensor_slices((squares, labels)))
-    rate = throughput(_train_ds(in_memory, batch_size), batch_size, batches=batches)
-    rows["augment_only"] = {"images_per_s": rate, "images_per_s_per_core": rate / cores, "batch_size": batch_size}
+    files = sources["raw256"].records["train"]
+    records = tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=len(files), num_parallel_calls=tf.data.AUTOTUNE)
+    rate = throughput(records.repeat().batch(batch_size).prefetch(4), batch_size, batches=batches)
+    rows["records_only"] = {"images_per_s": rate, "images_per_s_per_core": rate / cores, "batch_size": batch_size}
     return rows
+
+
+def augmentation_cost(batch_size=128, *, repeats=10, warmup=2, rounds=5):
+    """The augmentation on the device: ms for a batch of `batch_size` 256x256 squares alone, and the paper
+    model's fp32 train step with it (fed uint8 squares) against the same step fed the float32 227x227 images
+    it would make (no augmentation), timed in turns."""
+    import numpy as np
+    import tensorflow as tf
+
+    from alexnet_tf import augmentation, steps
+    from alexnet_tf.bench.timing import time_calls
+    from alexnet_tf.model import build_alexnet
+
+    stats = bench_statistics()
+    squares = tf.constant(np.random.default_rng(0).integers(0, 256, (batch_size, 256, 256, 3), np.uint8))
+    labels = tf.constant(np.arange(batch_size) % 1000, tf.int64)
+    draws = augmentation.draw(tf.constant([0, 0], tf.int64), batch_size, size=256, crop=227)
+    augment = augmentation.for_training(stats, crop=227)
+    images = augment(squares, draws)
+    model = build_alexnet(1000, seed=0)
+    with_it = steps.paper_train_step(model, batch_size, augment=augment)
+    without = steps.paper_train_step(model, batch_size)
+    alone = tf.function(augment)
+    times = time_calls({"alone": lambda: alone(squares, draws).numpy(),
+                        "with": lambda: float(with_it(squares, labels, draws)[0]),
+                        "without": lambda: float(without(images, labels)[0])},
+                       warmup=warmup, repeats=repeats, rounds=rounds)
+    return {"batch_size": batch_size, "augment_ms": times["alone"]["median_s"] * 1e3,
+            "step_ms": times["with"]["median_s"] * 1e3, "plain_step_ms": times["without"]["median_s"] * 1e3,
+            "ratio": times["without"]["median_s"] / times["with"]["median_s"]}
 
 
 def service_rows(source, batch_size, *, batches=20, worker_counts=(1, 2)):
@@ -167,20 +195,28 @@ def _service_process(*args):
     return proc, int(found.group(1))
 
 
-def end_to_end(source, batch_size, *, steps=10, warmup=2, precision="float32"):
-    """Images/s of training the paper model on batches from `source`'s training pipeline."""
-    from alexnet_tf import steps as steps_lib
+def end_to_end(source, batch_size, *, steps=10, warmup=2, rounds=1, precision="float32"):
+    """Images/s of training the paper model on batches from `source`'s training pipeline (augmented in the
+    step), and of the same model's step fed one in-memory float32 batch with no augmentation at all, one
+    after the other, so their ratio sees the same machine. (More `rounds` would flatter the pipeline: it
+    fills its prefetch buffer while the other step runs.)"""
+    import tensorflow as tf
+
+    from alexnet_tf import augmentation, steps as steps_lib
+    from alexnet_tf.bench.timing import time_calls
     from alexnet_tf.model import build_alexnet
 
     with steps_lib.precision_policy(precision):
         model = build_alexnet(source.num_classes, seed=0)
-        step = steps_lib.paper_train_step(model, batch_size, precision=precision)
+        augment = augmentation.for_training(bench_statistics(), crop=227)
+        fed = steps_lib.paper_train_step(model, batch_size, precision=precision, augment=augment)
+        in_memory = steps_lib.paper_train_step(model, batch_size, precision=precision)
         iterator = iter(_train_ds(source, batch_size))
-        for _ in range(warmup):
-            float(step(*next(iterator))[0])
-        start = time.perf_counter()
-        for _ in range(steps):
-            float(step(*next(iterator))[0])
-        seconds = time.perf_counter() - start
-    return {"images_per_s": steps * batch_size / seconds, "batch_size": batch_size, "steps": steps,
-            "flop_per_image": flops_lib.step_flops(flops_lib.layer_flops(model))}
+        images = tf.random.uniform((batch_size, 227, 227, 3), -120, 120, seed=0)
+        labels = tf.random.uniform((batch_size,), 0, source.num_classes, dtype=tf.int64, seed=0)
+        times = time_calls({"fed": lambda: float(fed(*next(iterator))[0]),
+                            "in_memory": lambda: float(in_memory(images, labels)[0])},
+                           warmup=warmup, repeats=steps, rounds=rounds)
+    return {"images_per_s": batch_size / times["fed"]["median_s"],
+            "in_memory_images_per_s": batch_size / times["in_memory"]["median_s"], "batch_size": batch_size,
+            "steps": steps, "flop_per_image": flops_lib.step_flops(flops_lib.layer_flops(model))}

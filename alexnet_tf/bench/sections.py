@@ -73,6 +73,8 @@ def _input(sections, jpegs, dataset, data_dir, steps, log):
             log("timing the input pipeline from each format, and through a tf.data service on loopback")
             results["pipeline"] = {**pipeline.format_rows(sources, root, 128), "dataset": source.name,
                                    "service": pipeline.service_rows(sources["jpeg256"], 128)}
+            log("timing the augmentation on the device, alone and in the train step")
+            results["pipeline"]["augmentation"] = pipeline.augmentation_cost(128)
         if "e2e" in sections:
             log("timing end-to-end training from each format")
             results["e2e"] = {fmt: pipeline.end_to_end(s, 128, steps=steps) for fmt, s in sources.items()}

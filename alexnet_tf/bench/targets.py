@@ -38,11 +38,11 @@ def _training_targets(results, add):
         add("mixed_bfloat16 >= 1.7x fp32", f"{bf16 / fp32:.2f}x ({bf16:.1f} images/s)", bf16 / fp32 >= 1.7)
     for fmt, share in (("source", 0.9), ("jpeg256", 0.9), ("raw256", 0.95)):
         e2e = results.get("e2e", {}).get(fmt)
-        if fp32 and e2e:
-            rate = e2e["images_per_s"]
+        if e2e:  # against the same step fed in-memory float batches, timed in the same run
+            rate, base = e2e["images_per_s"], e2e["in_memory_images_per_s"]
             what = "JPEGs" if fmt == "source" else fmt
-            add(f"training from {what} >= {share:.0%} of the in-memory rate", f"{rate / fp32:.1%} ({rate:.1f} images/s)",
-                rate / fp32 >= share)
+            add(f"training from {what} >= {share:.0%} of the in-memory rate",
+                f"{rate / base:.1%} ({rate:.1f} vs {base:.1f} images/s)", rate / base >= share)
     for r in results.get("finetune", []):
         if r["train_layers"] == "fc6,fc7,fc8":
             achieved = r["images_per_s"] / r["full_images_per_s"] / r["flop_ratio"]
@@ -63,25 +63,33 @@ def _training_targets(results, add):
 
 
 def _input_targets(results, add):
-    """The prepared formats against the stored JPEGs, and the tf.data service against the local pipeline."""
+    """The prepared formats' host side against the stored JPEGs', the augmentation's cost in the step, and the
+    tf.data service against the local pipeline."""
     rows = results.get("pipeline")
     if not rows:
         return
     today = rows["source"]["images_per_s_per_core"]
-    floor = rows.get("augment_only", {}).get("images_per_s_per_core")
-    for fmt, factor in (("jpeg256", 3), ("raw256", 10)):
+    floor = rows.get("records_only", {}).get("images_per_s_per_core")
+    for fmt, factor in (("jpeg256", 4), ("raw256", 10)):
         r = rows[fmt]
         met = r["images_per_s_per_core"] >= factor * today
         why = ""
-        if floor and not met:  # the reason: what reading and decoding still cost, against the augmentation
-            share = 1 - r["images_per_s_per_core"] / floor
-            why = (f"; with nothing read or decoded (squares in memory) {floor:.0f} a core = {floor / today:.1f}x: "
-                   + (f"reading and decoding take {share:.0%} of {fmt}'s time, the augmentation the rest"
-                      if share > 0.05 else "the augmentation (crop, flip, lighting, batching) is all that is left"))
-        add(f"{fmt} >= {factor}x the stored JPEGs' images/s a core",
+        if not met and fmt == "raw256" and floor:  # the reason: what reading the bytes alone allows
+            why = f"; reading its records alone, nothing parsed: {floor:.0f} a core = {floor / today:.1f}x"
+        elif not met:  # jpeg256: a JPEG decode an image on the host, which no GPU can take over in TensorFlow
+            why = "; its host side is one JPEG decode of a 256x256 square an image"
+        add(f"{fmt} host side >= {factor}x the stored JPEGs' images/s a core",
             f"{r['images_per_s_per_core'] / today:.1f}x ({r['images_per_s_per_core']:.0f} vs {today:.0f} images/s a "
             f"core, {r['bytes_per_image'] / 1e3:.0f} vs {rows['source']['bytes_per_image'] / 1e3:.0f} KB an image{why})",
             met)
+    raw = rows["raw256"]["images_per_s_per_core"]
+    add("stretch: raw256 host side >= 8,000 images/s a core (one core feeds one A100)",
+        f"{raw:.0f} images/s a core" + (f" (its records alone: {floor:.0f})" if floor and raw < 8000 else ""),
+        raw >= 8000)
+    if aug := rows.get("augmentation"):
+        add("the train step with the augmentation on the device >= 97% of the same step without it",
+            f"{aug['ratio']:.1%} ({aug['step_ms']:.0f} vs {aug['plain_step_ms']:.0f} ms a step at batch "
+            f"{aug['batch_size']}; the augmentation alone {aug['augment_ms']:.1f} ms)", aug["ratio"] >= 0.97)
     local, *remote = rows["service"]
     one = next((r for r in remote if r["workers"] == 1), None)
     if one:
