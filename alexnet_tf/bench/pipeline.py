@@ -59,6 +59,11 @@ def benchmark_source(folder=None, dataset=None, data_dir=None, count=512):
                                validation=source.validation.take(16), num_validation=min(16, source.num_validation))
 
 
+# Images a shard of the benchmark's prepared copies: a few hundred images would otherwise fit in one shard,
+# read by one thread, where a real dataset (ImageNet: 2,500 raw256 shards) is read from several at once.
+SHARD_SIZE = 64
+
+
 def in_formats(source, root):
     """{format: Source}: `source`, and its jpeg256 and raw256 copies prepared under `root`."""
     from alexnet_tf import prepared
@@ -66,7 +71,7 @@ def in_formats(source, root):
     sources = {"source": source}
     for fmt in prepared.FORMATS:
         prepared.prepare(source, Path(root) / fmt, fmt, statistics=bench_statistics(), log=lambda *_: None,
-                         progress=False)
+                         progress=False, shard_size=SHARD_SIZE)
         sources[fmt] = prepared.load(Path(root) / fmt)
     return sources
 
@@ -107,7 +112,8 @@ def throughput(ds, batch_size, *, batches=20, warmup=3):
 def format_rows(sources, root, batch_size, *, batches=20, cores=None):
     """{format: {images_per_s, images_per_s_per_core, bytes_per_image, cores_for_gpu}} of the training
     pipeline's host side (read, decode, batch the uint8 squares, draw each image's augmentation) on every core
-    of this machine, and `records_only`: raw256's shards read as bytes, nothing parsed (its floor)."""
+    of this machine, and two floors: `records_only`, raw256's records read and shuffled as the pipeline does
+    with nothing parsed; `jpeg_decode_only`, jpeg256's JPEGs decoded from memory and batched."""
     import os
 
     import tensorflow as tf
@@ -121,9 +127,15 @@ def format_rows(sources, root, batch_size, *, batches=20, cores=None):
                      "cores_for_gpu": GPU_IMAGES_PER_S / (rate / cores), "batch_size": batch_size, "cores": cores}
     files = sources["raw256"].records["train"]
     records = tf.data.Dataset.from_tensor_slices(files).interleave(
-        tf.data.TFRecordDataset, cycle_length=len(files), num_parallel_calls=tf.data.AUTOTUNE)
-    rate = throughput(records.repeat().batch(batch_size).prefetch(4), batch_size, batches=batches)
-    rows["records_only"] = {"images_per_s": rate, "images_per_s_per_core": rate / cores, "batch_size": batch_size}
+        tf.data.TFRecordDataset, cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE)
+    floors = {"records_only": records.shuffle(1000).repeat().batch(batch_size),
+              "jpeg_decode_only": tf.data.Dataset.from_tensor_slices(
+                  [jpeg for jpeg, _ in sources["jpeg256"].train.take(256).as_numpy_iterator()]).repeat().map(
+                  lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3), num_parallel_calls=tf.data.AUTOTUNE).batch(
+                  batch_size)}
+    for name, ds in floors.items():
+        rate = throughput(ds.prefetch(4), batch_size, batches=batches)
+        rows[name] = {"images_per_s": rate, "images_per_s_per_core": rate / cores, "batch_size": batch_size}
     return rows
 
 

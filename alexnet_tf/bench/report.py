@@ -65,9 +65,10 @@ def _print_input(results):
             _row(f"host side, {fmt} ({r['bytes_per_image'] / 1e3:.0f} KB/image)", r,
                  f"{r['images_per_s_per_core']:.0f} images/s a core, {r['cores_for_gpu']:.1f} cores to feed "
                  f"{pipeline.GPU_IMAGES_PER_S} images/s")
-        if "records_only" in rows:
-            _row("  raw256 records read, nothing parsed", rows["records_only"],
-                 f"{rows['records_only']['images_per_s_per_core']:.0f} images/s a core: the floor")
+        for name, what in (("records_only", "raw256 records alone (read, shuffled)"),
+                           ("jpeg_decode_only", "jpeg256 decode alone (from memory)")):
+            if name in rows:
+                _row(f"  {what}", rows[name], f"{rows[name]['images_per_s_per_core']:.0f} images/s a core: a floor")
         if aug := rows.get("augmentation"):
             print(f"augmentation on the device, batch {aug['batch_size']}: {aug['augment_ms']:.1f} ms alone; the "
                   f"train step {aug['step_ms']:.0f} ms with it, {aug['plain_step_ms']:.0f} ms fed its float images "
