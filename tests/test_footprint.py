@@ -18,9 +18,9 @@ def tiny():
 def test_the_estimate_follows_the_layer_shapes_and_what_trains(tiny):
     need = footprint.estimate(tiny, square=76)
     outputs = sum(int(np.prod(layer.output.shape[1:])) for layer in tiny.layers)
-    # The pipeline's batches are uint8 squares (76 pixels a side for the tiny preset); the step makes one
-    # float32 batch of crops from them.
-    crop, square = 4 * 67 * 67 * 3, 76 * 76 * 3
+    # The pipeline's batches are uint8 squares (76 pixels a side for the tiny preset); the step makes the
+    # crops from them (uint8, then float32).
+    crop, square = footprint.AUGMENTATION_BYTES * 67 * 67 * 3, 76 * 76 * 3
     assert need.per_image == int(footprint.ACTIVATIONS * outputs * 4 + crop + footprint.INPUT_BATCHES * square)
     assert footprint.estimate(tiny, square=256).per_image - need.per_image == \
         footprint.INPUT_BATCHES * 3 * (256**2 - 76**2)

@@ -70,9 +70,9 @@ def _print_input(results):
             if name in rows:
                 _row(f"  {what}", rows[name], f"{rows[name]['images_per_s_per_core']:.0f} images/s a core: a floor")
         if aug := rows.get("augmentation"):
-            print(f"augmentation on the device, batch {aug['batch_size']}: {aug['augment_ms']:.1f} ms alone; the "
-                  f"train step {aug['step_ms']:.0f} ms with it, {aug['plain_step_ms']:.0f} ms fed its float images "
-                  f"({aug['ratio']:.1%})")
+            print(f"augmentation on the device, batch {aug['batch_size']}: {aug['augment_ms']:.1f} ms alone "
+                  f"({aug['augment_ms'] / aug['step_ms']:.1%} of the step); the train step {aug['step_ms']:.0f} ms "
+                  f"with it, {aug['plain_step_ms']:.0f} ms fed its float images ({aug['ratio']:.1%})")
         local = rows["service"][0]["images_per_s"]
         for r in rows["service"][1:]:
             _row(f"  jpeg256 via service, {r['workers']} worker(s)", {**r, "batch_size": 128},
