@@ -1,5 +1,6 @@
-"""alexnet-data-service: run a tf.data service dispatcher or worker, so that training input (reading,
-decoding, cropping, flipping, colour noise, batching) runs on other machines than the trainer.
+"""alexnet-data-service: run a tf.data service dispatcher or worker, so that the training input's host side
+(reading, decoding, batching uint8 squares) runs on other machines than the trainer; the trainer's step
+augments them.
 
     alexnet-data-service --dispatcher --port=5050 --work_dir=/shared/dispatcher
     alexnet-data-service --worker --dispatcher_address=HOST:5050 --worker_address=THIS_HOST:5051 --port=5051
