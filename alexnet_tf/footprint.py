@@ -77,17 +77,31 @@ def _kib_field(path, field):
         return 1024 * int(next(line.split()[1] for line in f if line.startswith(field + ":")))
 
 
-def _cgroup_room():
-    """memory.max - memory.current of this process's cgroup (v2), or None where there is no limit."""
+def _cgroup_room(cgroups="/proc/self/cgroup", root="/sys/fs/cgroup"):
+    """The room left under this process's cgroup memory limit, in bytes, or None where there is no limit:
+    cgroup v2's memory.max - memory.current, or v1's memory.limit_in_bytes - memory.usage_in_bytes (v1 says
+    "no limit" with a number near 2**63)."""
     try:
-        entry = next(line for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::"))
-        folder = Path("/sys/fs/cgroup") / entry[3:].lstrip("/")
-        limit = (folder / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return int(limit) - int((folder / "memory.current").read_text())
-    except (OSError, StopIteration, ValueError):
+        lines = Path(cgroups).read_text().splitlines()
+    except OSError:
         return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2's unified hierarchy
+            folder, limit_file, usage_file = Path(root) / path.lstrip("/"), "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            folder, limit_file, usage_file = Path(root) / "memory" / path.lstrip("/"), "memory.limit_in_bytes", \
+                "memory.usage_in_bytes"
+        else:
+            continue
+        try:
+            limit = (folder / limit_file).read_text().strip()
+            if limit == "max" or int(limit) >= 2**62:
+                continue
+            return int(limit) - int((folder / usage_file).read_text())
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def check_batch_fits(estimate_, batch_size, *, workers=1, multiple=1, available=None, holds=None):

@@ -234,9 +234,12 @@ def load(path):
         if (root / PLAN).exists():
             plan = _read_plan(root)
             done = sum(plan.shard_path(root, s, k).exists() for s in SPLITS for k in range(plan.shards(s)))
-            raise DatasetError(f"dataset={name}: the preparation is not finished ({done} of "
-                               f"{sum(plan.shards(s) for s in SPLITS)} shards); run alexnet-prepare again with "
-                               f"the same flags to finish it")
+            total = sum(plan.shards(s) for s in SPLITS)
+            if done == total:  # every shard is there: only the record that marks it complete is missing
+                raise DatasetError(f"dataset={name}: has all {total} shards but no {RECORD}, which marks a "
+                                   f"preparation complete; run alexnet-prepare again with the same flags to write it")
+            raise DatasetError(f"dataset={name}: the preparation is not finished ({done} of {total} shards); run "
+                               f"alexnet-prepare again with the same flags to finish it")
         raise DatasetError(f"dataset={name}: is not a prepared dataset (no {RECORD}; alexnet-prepare writes it)")
     record = json.loads((root / RECORD).read_text())
     builder = tfds.builder_from_directory(str(root))

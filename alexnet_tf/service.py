@@ -15,6 +15,8 @@ encryption. Anyone who reaches a dispatcher's or worker's port can register a da
 on the workers, file reads included) and read what the workers produce. Run them on a private network only.
 """
 
+import errno
+import socket
 import time
 
 import tensorflow as tf
@@ -26,6 +28,23 @@ SERVICE = tf.data.experimental.service
 
 class ServiceError(DatasetError):
     """The tf.data service cannot be used; the message names the address."""
+
+
+def check_port_free(port, flag="port"):
+    """ServiceError if something already listens on `port` (0: any free port, nothing to check). gRPC servers
+    bind with SO_REUSEPORT, so a second dispatcher or worker on a taken port would start and split the
+    connections with the first; a plain bind (no SO_REUSEPORT) is refused there."""
+    if not port:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
+        try:
+            probe.bind(("", port))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise ServiceError(f"{flag}={port}: cannot listen there ({e.strerror})") from None
+            raise ServiceError(f"{flag}={port}: already in use on this machine (another server listens there); "
+                               f"stop it or choose another port") from None
 
 
 def start_dispatcher(port, work_dir=None):

@@ -81,3 +81,23 @@ def test_the_trainer_refuses_a_batch_this_machine_cannot_hold_before_its_first_s
                                r"\(.*\); the largest batch that fits is (\d+)", lines[0])[1])
     assert 0 < largest < batch
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_containers_memory_limit_is_read_in_cgroup_v1_and_v2(tmp_path, version):
+    """Issue 32: a cgroup v1 limit (memory.limit_in_bytes) was ignored and a batch it could not hold was
+    accepted against the machine's MemAvailable, then OOM-killed."""
+    root = tmp_path / "sys"
+    if version == "v1":
+        lines = "12:cpu,cpuacct:/job\n4:memory:/job\n0::/job\n"
+        folder, limit, usage = root / "memory" / "job", "memory.limit_in_bytes", "memory.usage_in_bytes"
+    else:
+        lines = "0::/job\n"
+        folder, limit, usage = root / "job", "memory.max", "memory.current"
+    folder.mkdir(parents=True)
+    (tmp_path / "cgroup").write_text(lines)
+    (folder / limit).write_text(f"{3 * 2**30}\n")
+    (folder / usage).write_text(f"{2**30}\n")
+    assert footprint._cgroup_room(tmp_path / "cgroup", root) == 2 * 2**30
+    (folder / limit).write_text("9223372036854771712\n" if version == "v1" else "max\n")  # no limit
+    assert footprint._cgroup_room(tmp_path / "cgroup", root) is None

@@ -185,15 +185,32 @@ def test_what_cannot_be_prepared_or_read_is_one_line(tmp_path, shapes_folder, da
     for proc, says in [
         (cli("prepare", *args, "--format=jpeg256"), "holds a preparation of folder:"),  # another format
         (cli("prepare", f"--dataset=prepared:{out}", f"--output={tmp_path / 'again'}"), "is prepared already"),
-        (cli("prepare", *args[:2], f"--output={shapes_folder}"), "is not empty and holds no preparation"),
+        (cli("prepare", *args[:2], f"--output={shapes_folder}"), "or inside it"),  # checked before the scan
         (cli("prepare", *args, "--task=2", "--tasks=2"), "--task=2: must be below --tasks=2"),
         (cli("train", f"--dataset=prepared:{tmp_path / 'nothing'}", f"--workdir={tmp_path / 'run'}"),
          "is not a prepared dataset"),
         (_without_a_shard(out, tmp_path / "copy"), "prepared-train.tfrecord-00000-of-00001 is missing"),
+        # Issue 32: an output inside a folder source became a class of it; refused before the scan.
+        (cli("prepare", *args[:2], f"--output={shapes_folder}/prepared"), "or inside it, where it would be read as a "
+         "class"),
+        (cli("prepare", *args[:2], f"--output={tmp_path / 'q'}", "--format=raw256", "--quality=50"),
+         "--quality=50: applies to jpeg256 only"),
+        (_without_the_record(out, tmp_path / "no_record"), "has all 2 shards but no alexnet_tf_prepared.json"),
     ]:
         assert proc.returncode != 0, proc.stdout
         assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert not (tmp_path / "again").exists()
+    assert not (tmp_path / "again").exists() and not (shapes_folder / "prepared").exists()
+    assert not (tmp_path / "q").exists()
+    # The record written again by a rerun with the same flags makes the folder trainable.
+    assert cli("prepare", *args[:2], f"--output={tmp_path / 'no_record'}", "--format=raw256").returncode == 0
+    assert data.load_dataset(f"prepared:{tmp_path / 'no_record'}").num_train > 0
+
+
+def _without_the_record(prepared_dir, copy):
+    """alexnet-train on a copy of `prepared_dir` whose alexnet_tf_prepared.json was deleted."""
+    shutil.copytree(prepared_dir, copy)
+    (copy / prepared.RECORD).unlink()
+    return cli("train", f"--dataset=prepared:{copy}", f"--workdir={copy.parent / 'run_no_record'}")
 
 
 def _without_a_shard(prepared_dir, copy):

@@ -79,6 +79,23 @@ def test_an_unreachable_dispatcher_is_one_line_after_a_bounded_wait(tmp_path, sh
 
 
 @pytest.mark.heavy
+def test_a_port_already_in_use_is_refused_in_one_line():
+    """Issue 32: gRPC shares a port among servers that bind it with SO_REUSEPORT, so a second dispatcher on a
+    taken port said "listening" and split the connections with the first."""
+    port = free_port()
+    dispatcher = service.start_dispatcher(port)
+    try:
+        for role in (["--dispatcher"], ["--worker", f"--dispatcher_address=localhost:{port}"]):
+            proc = cli("data_service", *role, f"--port={port}")
+            assert proc.returncode == 1, proc.stdout
+            assert proc.stderr.strip() == (f"alexnet-data-service: error: --port={port}: already in use on this "
+                                           f"machine (another server listens there); stop it or choose another port")
+    finally:
+        dispatcher.stop()
+    bad = cli("data_service", "--worker", "--dispatcher_address=localhost:1", "--dispatcher_timeout=-1")
+    assert bad.returncode != 0 and "dispatcher_timeout" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_training_outlives_a_dead_data_worker_and_a_restarted_dispatcher(tmp_path, shapes_folder, data_dir):
     port, journal = free_port(), tmp_path / "dispatcher"
     servers = {"dispatcher": _server("--dispatcher", f"--port={port}", f"--work_dir={journal}")}

@@ -29,7 +29,7 @@ flags.DEFINE_string("dispatcher_address", None, "Worker: the dispatcher's HOST:P
 flags.DEFINE_string("worker_address", None, "Worker: the HOST:PORT trainers reach it at (default localhost:<port>, "
                     "right only when trainer and worker share a machine).", flag_values=FLAGS)
 flags.DEFINE_float("dispatcher_timeout", 60, "Worker: seconds to wait for the dispatcher at start-up.",
-                   flag_values=FLAGS)
+                   lower_bound=0, flag_values=FLAGS)
 
 
 def main(argv):
@@ -60,6 +60,7 @@ def _serve(args):
 
     address = FLAGS.dispatcher_address.split("://", 1)[-1] if FLAGS.worker else None
     try:
+        service.check_port_free(FLAGS.port, "--port")
         if FLAGS.dispatcher:
             server = service.start_dispatcher(FLAGS.port, FLAGS.work_dir)
             port = server.target.rsplit(":", 1)[1]

@@ -47,6 +47,10 @@ def _prepare(args):
         return 2
     try:
         cli.check_folder("output", FLAGS.output)
+        _check_output_outside_the_source()
+        if FLAGS.format == "raw256" and FLAGS["quality"].present:
+            raise ValueError(f"--quality={FLAGS.quality}: applies to jpeg256 only; raw256 stores the pixels as they "
+                             f"are")
     except ValueError as e:
         cli.error("alexnet-prepare", e)
         return 2
@@ -67,6 +71,20 @@ def _prepare(args):
     if complete:
         print(f"train from it with: alexnet-train --dataset=prepared:{FLAGS.output}")
     return 0
+
+
+def _check_output_outside_the_source():
+    """A folder dataset's --output inside the folder would be read as one more class folder the next time the
+    folder is trained on (or prepared): refused before anything is scanned."""
+    from pathlib import Path
+
+    if not FLAGS.dataset.startswith("folder:"):
+        return
+    source = Path(FLAGS.dataset[len("folder:"):]).expanduser().resolve()
+    output = Path(FLAGS.output).expanduser().resolve()
+    if output == source or source in output.parents:
+        raise ValueError(f"--output={FLAGS.output}: is the source folder {source} or inside it, where it would "
+                         f"be read as a class; give a folder outside it")
 
 
 def run():
