@@ -269,6 +269,20 @@ def load(path):
                   records=records, parse=_parser(jpeg))
 
 
+def find_damaged(paths):
+    """(path, reason) of the first of these TFRecord files that cannot be read to its end (truncated, or a
+    record whose checksum fails), or None. TensorFlow's read error names the byte offset, not the file: this
+    reads each file to find it, so it is for the failure path only."""
+    for path in paths:
+        try:
+            for _ in tf.data.TFRecordDataset(path).batch(256):
+                pass
+        except (tf.errors.DataLossError, tf.errors.NotFoundError) as e:
+            # "{{function_node ...}} truncated record at 1573336' failed with Read less bytes ... [Op:...]"
+            return path, e.message.splitlines()[0].split("}} ")[-1].split("' failed")[0].split(" [Op:")[0]
+    return None
+
+
 def _parser(jpeg):
     """parse(serialized examples [B]) -> (uint8 squares [B, 256, 256, 3], int64 labels [B]): one
     `parse_example` for the whole batch; raw256's pixels are then one `decode_raw`, jpeg256's one JPEG decode

@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import (augmentation, checkpoints, cluster, config as config_lib, data, footprint, metrics,
-                        model as model_lib, optim, pipelines, placement, runs, service, sources, statistics, steps,
-                        summaries, workdir as workdir_lib)
+                        model as model_lib, optim, pipelines, placement, prepared, runs, service, sources, statistics,
+                        steps, summaries, workdir as workdir_lib)
 from alexnet_tf.metrics import NonFiniteLoss  # noqa: F401  (training.NonFiniteLoss: what a run raises)
 
 
@@ -81,6 +81,7 @@ class Run:
     total_steps: int
     estimated_peak: int | None    # bytes, this process (None: not estimated, on a GPU)
     log: object
+    records: dict | None = None   # a prepared dataset's TFRecord files by split, to name a damaged one
 
 
 class Terminated(BaseException):
@@ -158,7 +159,7 @@ def _set_up(config, strategy, chief, log, starting):
                                                 augment=augment),
                evaluate=_evaluator(state.model, strategy, val_ds, views, config.ten_crop, num_eval),
                writers=summaries.writers(workdir, chief), start=start, steps_per_epoch=steps_per_epoch,
-               total_steps=total_steps, estimated_peak=estimated_peak, log=log)
+               total_steps=total_steps, estimated_peak=estimated_peak, log=log, records=source.records)
 
 
 def _check_memory(config, model, strategy, log):
@@ -308,10 +309,22 @@ def _reported_in_one_line(run):
                 f"{run.manager.latest_checkpoint or 'none yet'}") from None
         if run.config.strategy == "multi_worker" and isinstance(e, tf.errors.OpError):
             raise cluster.lost_contact(e, checkpoints=Path(run.config.workdir) / "checkpoints") from None
+        if isinstance(e, tf.errors.DataLossError):
+            raise _damaged(run, e) from None
         raise
     finally:
         if run.scratch is not None and run.scratch.exists():
             tf.io.gfile.rmtree(str(run.scratch))
+
+
+def _damaged(run, error):
+    """A damaged file met while training or evaluating (issue 32): the training so far checkpointed, and one
+    line naming the file (found by reading the dataset's files again) and that checkpoint."""
+    run.manager.save(checkpoint_number=int(run.state.step.numpy()))  # the step finished: a consistent state
+    found = prepared.find_damaged([p for paths in (run.records or {}).values() for p in paths])
+    where, why = found or (f"a file of {run.config.dataset}", sources.reason(error))
+    return sources.DatasetError(f"{where}: damaged ({why}); the training so far is in {run.manager.latest_checkpoint}. "
+                                f"Copy or prepare the dataset again, then rerun the same command to resume")
 
 
 def _result(run, last_eval):

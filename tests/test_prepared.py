@@ -220,6 +220,30 @@ def _without_a_shard(prepared_dir, copy):
     return cli("train", f"--dataset=prepared:{copy}", f"--workdir={copy.parent / 'run_copy'}")
 
 
+def test_a_damaged_shard_met_while_training_is_one_line_naming_it_and_the_training_so_far_is_kept(
+        tmp_path, shapes_folder, data_dir):
+    """Issue 32: a truncated validation shard crashed the first evaluation with a 43-line traceback before any
+    checkpoint. TensorFlow's error names a byte offset, not the file; the trainer names the file."""
+    source = tmp_path / "raw"
+    assert _prepare(f"folder:{shapes_folder}", data_dir, source, "raw256", shard_size=16)[1]
+    for split, at_step in (("validation", 4), ("train", 0)):
+        copy = tmp_path / f"damaged_{split}"
+        shutil.copytree(source, copy)
+        shard = sorted(copy.glob(f"prepared-{split}.tfrecord-*"))[0]
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size // 2 + 1000)  # mid-record
+        proc = cli("train", f"--dataset=prepared:{copy}", f"--workdir={tmp_path / split}", "--preset=tiny",
+                   "--batch_size=8", "--steps=6", "--eval_every=4", "--ckpt_every=100", "--export_dir=")
+        assert proc.returncode == 1, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith(f"alexnet-train: error: {shard}: damaged (truncated record at "), proc.stderr
+        # Evaluation at step 4 met it; training meets it when the stream first reaches that shard.
+        latest = tf.train.latest_checkpoint(str(tmp_path / split / "checkpoints"))
+        assert latest and f"the training so far is in {latest}" in proc.stderr
+        if split == "validation":
+            assert latest.endswith(f"ckpt-{at_step}")
+
+
 @pytest.mark.heavy
 def test_training_from_each_format_reaches_the_sources_accuracy(tmp_path, shapes_dir, embedded_prepared):
     """The same tiny run (400 steps on the embedded dataset) from the source and from each format."""
