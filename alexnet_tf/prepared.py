@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from alexnet_tf import preprocessing
 from alexnet_tf.config import PREPARED_PREFIX, PREPARED_RECORD
-from alexnet_tf.sources import DatasetError, Source
+from alexnet_tf.sources import DatasetError, Source, reason
 
 FORMATS = ("jpeg256", "raw256")
 SIZE = preprocessing.RESIZE
@@ -225,27 +225,18 @@ def _progress(total, shown):
 
 def load(path):
     """The prepared dataset in the folder `path` as a `Source` (training shuffles its shards), with the
-    source's class names and statistics. An incomplete preparation is refused, saying how far it got."""
-    import tensorflow_datasets as tfds
-
+    source's class names and statistics. An incomplete, damaged or mislabelled preparation is refused in one
+    line naming what is wrong."""
     root = Path(path).expanduser()
     name = f"{PREFIX}{path}"
     if not (root / RECORD).exists():
-        if (root / PLAN).exists():
-            plan = _read_plan(root)
-            done = sum(plan.shard_path(root, s, k).exists() for s in SPLITS for k in range(plan.shards(s)))
-            total = sum(plan.shards(s) for s in SPLITS)
-            if done == total:  # every shard is there: only the record that marks it complete is missing
-                raise DatasetError(f"dataset={name}: has all {total} shards but no {RECORD}, which marks a "
-                                   f"preparation complete; run alexnet-prepare again with the same flags to write it")
-            raise DatasetError(f"dataset={name}: the preparation is not finished ({done} of {total} shards); run "
-                               f"alexnet-prepare again with the same flags to finish it")
-        raise DatasetError(f"dataset={name}: is not a prepared dataset (no {RECORD}; alexnet-prepare writes it)")
-    record = json.loads((root / RECORD).read_text())
-    builder = tfds.builder_from_directory(str(root))
+        _refuse_unfinished(root, name)
+    record, builder = _metadata(root, name)
+    jpeg = record["format"] == "jpeg256"
+    import tensorflow_datasets as tfds
+
     # No cardinality assertion: under the tf.data service's dynamic sharding each worker reads part of a split.
     read = tfds.ReadConfig(assert_cardinality=False)
-    jpeg = record["format"] == "jpeg256"
 
     def split(name):
         ds = builder.as_dataset(split=name, shuffle_files=name == "train", read_config=read,
@@ -258,15 +249,73 @@ def load(path):
         square.set_shape([SIZE, SIZE, 3])
         return square if size == SIZE else preprocessing.center_square(square, size)
 
+    return Source(name=name, class_names=record["class_names"], train=split("train"),
+                  validation=split("validation"), num_train=record["num_train"],
+                  num_validation=record["num_validation"], decode=decode, statistics=record["statistics"],
+                  records=_records(root, name, jpeg), parse=_parser(jpeg))
+
+
+def _refuse_unfinished(root, name):
+    if not (root / PLAN).exists():
+        raise DatasetError(f"dataset={name}: is not a prepared dataset (no {RECORD}; alexnet-prepare writes it)")
+    plan = _read_plan(root)
+    done = sum(plan.shard_path(root, s, k).exists() for s in SPLITS for k in range(plan.shards(s)))
+    total = sum(plan.shards(s) for s in SPLITS)
+    if done == total:  # every shard is there: only the record that marks it complete is missing
+        raise DatasetError(f"dataset={name}: has all {total} shards but no {RECORD}, which marks a "
+                           f"preparation complete; run alexnet-prepare again with the same flags to write it")
+    raise DatasetError(f"dataset={name}: the preparation is not finished ({done} of {total} shards); run "
+                       f"alexnet-prepare again with the same flags to finish it")
+
+
+def _metadata(root, name):
+    """(our record, TFDS's builder) of a complete preparation; a file among them that cannot be read is named."""
+    import tensorflow_datasets as tfds
+
+    try:
+        record = json.loads((root / RECORD).read_text())
+        record["format"], record["class_names"], record["num_train"]  # noqa: B018  (a KeyError names the field)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"dataset={name}: {root / RECORD} cannot be read ({type(e).__name__}: {e}); prepare "
+                           f"the dataset again into a new --output") from None
+    try:
+        return record, tfds.builder_from_directory(str(root))
+    except Exception as e:  # noqa: BLE001  TFDS raises JSON, protobuf and its own errors for damaged metadata
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        where = next((root / f for f in ("dataset_info.json", "features.json") if not _is_json(root / f)),
+                     f"TFDS's metadata in {root}")
+        raise DatasetError(f"dataset={name}: {where} cannot be read ({why}); prepare the dataset again into a new "
+                           f"--output") from None
+
+
+def _is_json(path):
+    try:
+        json.loads(Path(path).read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _records(root, name, jpeg):
+    """Each split's shard files, absolute (tf.data service workers may run elsewhere), all present, and the
+    first record in the format the record says (a folder whose metadata and shards disagree is refused here
+    rather than failing, or hanging, once training reads it)."""
     plan = _read_plan(root)
     records = {s: [str(plan.shard_path(root.resolve(), s, k)) for k in range(plan.shards(s))] for s in SPLITS}
     if missing := next((p for paths in records.values() for p in paths if not Path(p).exists()), None):
         raise DatasetError(f"dataset={name}: shard {missing} is missing; copy the whole folder again, or "
                            f"prepare it again into a new --output")
-    return Source(name=name, class_names=record["class_names"], train=split("train"),
-                  validation=split("validation"), num_train=record["num_train"],
-                  num_validation=record["num_validation"], decode=decode, statistics=record["statistics"],
-                  records=records, parse=_parser(jpeg))
+    first = records["train"][0]
+    try:
+        image = tf.io.parse_single_example(next(iter(tf.data.TFRecordDataset(first))), _FEATURES)["image"]
+    except (StopIteration, tf.errors.OpError) as e:
+        raise DatasetError(f"dataset={name}: {first} cannot be read ({reason(e)})") from None
+    is_jpeg = bool(tf.io.is_jpeg(image))
+    if is_jpeg != jpeg or (not jpeg and len(image.numpy()) != SIZE * SIZE * 3):
+        stored = "JPEGs" if is_jpeg else f"{len(image.numpy())}-byte records"
+        raise DatasetError(f"dataset={name}: its {RECORD} says {'jpeg256' if jpeg else 'raw256'} but {first} holds "
+                           f"{stored}; the folder's metadata and shards come from different preparations")
+    return records
 
 
 def find_damaged(paths):
@@ -283,15 +332,18 @@ def find_damaged(paths):
     return None
 
 
+# What a prepared record holds, as `tf.io.parse_example` reads it (TFDS's features serialize to these).
+_FEATURES = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+
+
 def _parser(jpeg):
     """parse(serialized examples [B]) -> (uint8 squares [B, 256, 256, 3], int64 labels [B]): one
     `parse_example` for the whole batch; raw256's pixels are then one `decode_raw`, jpeg256's one JPEG decode
     an image (TensorFlow decodes JPEGs one at a time, on the host)."""
-    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
     shape = tf.TensorSpec([SIZE, SIZE, 3], tf.uint8)
 
     def parse(serialized):
-        features = tf.io.parse_example(serialized, spec)
+        features = tf.io.parse_example(serialized, _FEATURES)
         if jpeg:
             squares = tf.map_fn(lambda data: tf.ensure_shape(tf.io.decode_jpeg(data, channels=3), shape.shape),
                                 features["image"], fn_output_signature=shape)

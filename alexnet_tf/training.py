@@ -318,13 +318,14 @@ def _reported_in_one_line(run):
 
 
 def _damaged(run, error):
-    """A damaged file met while training or evaluating (issue 32): the training so far checkpointed, and one
-    line naming the file (found by reading the dataset's files again) and that checkpoint."""
+    """A damaged file of the dataset met while training or evaluating (issue 32), as one line naming it (found
+    by reading the dataset's files again) and the checkpoint of the training so far, written first."""
     run.manager.save(checkpoint_number=int(run.state.step.numpy()))  # the step finished: a consistent state
     found = prepared.find_damaged([p for paths in (run.records or {}).values() for p in paths])
     where, why = found or (f"a file of {run.config.dataset}", sources.reason(error))
-    return sources.DatasetError(f"{where}: damaged ({why}); the training so far is in {run.manager.latest_checkpoint}. "
-                                f"Copy or prepare the dataset again, then rerun the same command to resume")
+    return sources.DatasetError(f"{where}: damaged ({why}); the training so far is in "
+                                f"{run.manager.latest_checkpoint}. Copy or prepare the dataset again, then rerun "
+                                f"the same command to resume")
 
 
 def _result(run, last_eval):

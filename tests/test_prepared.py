@@ -196,6 +196,14 @@ def test_what_cannot_be_prepared_or_read_is_one_line(tmp_path, shapes_folder, da
         (cli("prepare", *args[:2], f"--output={tmp_path / 'q'}", "--format=raw256", "--quality=50"),
          "--quality=50: applies to jpeg256 only"),
         (_without_the_record(out, tmp_path / "no_record"), "has all 2 shards but no alexnet_tf_prepared.json"),
+        # Issue 32: damaged metadata was a 67-line traceback; metadata and shards of two formats hung training.
+        *[(_damaged_copy(out, tmp_path / f"bad_{i}", change), says) for i, (change, says) in enumerate([
+            (lambda d: (d / "dataset_info.json").write_text("{garbage"), "dataset_info.json cannot be read"),
+            (lambda d: (d / "features.json").write_text("{garbage"), "features.json cannot be read"),
+            (lambda d: (d / prepared.RECORD).write_text("{garbage"), f"{prepared.RECORD} cannot be read"),
+            (lambda d: (d / prepared.RECORD).write_text((out / prepared.RECORD).read_text().replace(
+                '"raw256"', '"jpeg256"')), "says jpeg256 but"),
+        ])],
     ]:
         assert proc.returncode != 0, proc.stdout
         assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -204,6 +212,13 @@ def test_what_cannot_be_prepared_or_read_is_one_line(tmp_path, shapes_folder, da
     # The record written again by a rerun with the same flags makes the folder trainable.
     assert cli("prepare", *args[:2], f"--output={tmp_path / 'no_record'}", "--format=raw256").returncode == 0
     assert data.load_dataset(f"prepared:{tmp_path / 'no_record'}").num_train > 0
+
+
+def _damaged_copy(prepared_dir, copy, change):
+    """alexnet-train on a copy of `prepared_dir` that `change(copy)` damaged."""
+    shutil.copytree(prepared_dir, copy)
+    change(copy)
+    return cli("train", f"--dataset=prepared:{copy}", f"--workdir={copy.parent / f'run_{copy.name}'}")
 
 
 def _without_the_record(prepared_dir, copy):
