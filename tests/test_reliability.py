@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import time
 
 import pytest
@@ -387,6 +388,27 @@ def small_disk(tmp_path):
         pytest.skip("cannot mount a tmpfs here (not root?)")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_while_preparing_is_one_line_and_a_rerun_resumes(small_disk, shapes_folder, data_dir):
+    """Issue 32: a full disk while preparing was a 27-line traceback (a rerun after freeing space resumed)."""
+    args = (f"--dataset=folder:{shapes_folder}", f"--data_dir={data_dir}", f"--output={small_disk}/p",
+            "--format=raw256", "--shard_size=2")
+    proc = cli("prepare", *args)
+    assert proc.returncode == 1, proc.stderr
+    assert one_error_line(proc, "alexnet-prepare") == (
+        f"alexnet-prepare: error: --output={small_disk}/p: no space left on device; the shards written so far are "
+        f"kept: free space and rerun the same command to resume")
+    kept = list((small_disk / "p").glob("prepared-train*"))
+    assert kept and all(p.stat().st_size == 2 * 196667 for p in kept)  # whole shards only
+    # Space freed (the tmpfs made larger): the same command resumes from the kept shards and completes.
+    from alexnet_tf import data
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    again = cli("prepare", *args)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming: {len(kept)} shard(s) already written" in again.stdout
+    assert data.load_dataset(f"prepared:{small_disk}/p").num_train > 0
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(small_disk, workdir, trained, shapes_folder):

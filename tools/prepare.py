@@ -55,7 +55,9 @@ def _prepare(args):
         cli.error("alexnet-prepare", e)
         return 2
     cli.start_tensorflow(FLAGS)
-    from alexnet_tf import data, prepared, sources, statistics
+    import tensorflow as tf
+
+    from alexnet_tf import data, prepared, sources, statistics, workdir
 
     try:
         if FLAGS.dataset.startswith(prepared.PREFIX):
@@ -65,7 +67,12 @@ def _prepare(args):
         stats = statistics.dataset_statistics(source, FLAGS.data_dir)
         complete = prepared.prepare(source, FLAGS.output, FLAGS.format, statistics=stats, quality=FLAGS.quality,
                                     shard_size=FLAGS.shard_size, task=FLAGS.task, tasks=FLAGS.tasks)
-    except (sources.DatasetError, OSError) as e:
+    except (sources.DatasetError, OSError, tf.errors.OpError) as e:
+        if workdir.no_space(e):  # what is written is whole shards: a rerun resumes from them
+            e = (f"--output={FLAGS.output}: no space left on device; the shards written so far are kept: free space "
+                 f"and rerun the same command to resume")
+        elif isinstance(e, tf.errors.OpError):
+            e = f"--output={FLAGS.output}: {sources.reason(e)}"
         cli.error("alexnet-prepare", e)
         return 1
     if complete:
