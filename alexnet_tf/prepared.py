@@ -327,9 +327,48 @@ def find_damaged(paths):
             for _ in tf.data.TFRecordDataset(path).batch(256):
                 pass
         except (tf.errors.DataLossError, tf.errors.NotFoundError) as e:
-            # "{{function_node ...}} truncated record at 1573336' failed with Read less bytes ... [Op:...]"
-            return path, e.message.splitlines()[0].split("}} ")[-1].split("' failed")[0].split(" [Op:")[0]
+            return path, _why(e)
     return None
+
+
+def _why(error):
+    """A TensorFlow read error's reason alone: "{{function_node ...}} truncated record at 1573336' failed with
+    Read less bytes than requested [Op:IteratorGetNext]" -> "truncated record at 1573336"."""
+    return error.message.splitlines()[0].split("}} ")[-1].split("' failed")[0].split(" [Op:")[0]
+
+
+def verify(path, *, log=print, progress=True):
+    """Reads every record of the prepared dataset in the folder `path`, parsing and decoding each as training
+    does, and checks each shard's count against the plan. Returns the problems found, as lines naming the
+    file (none: the dataset is whole)."""
+    root = Path(path).expanduser()
+    if not (root / PLAN).exists():
+        raise DatasetError(f"output={root}: holds no preparation (no {PLAN}) to verify")
+    plan = _read_plan(root)
+    parse = _parser(plan.format == "jpeg256")
+    expected = {plan.shard_path(root, s, k): min(plan.shard_size, plan.counts[s] - k * plan.shard_size)
+                for s in SPLITS for k in range(plan.shards(s))}
+    log(f"verifying {len(expected)} shards ({sum(expected.values())} images) of {root}")
+    advance, problems = _progress(sum(expected.values()), progress), []
+    for shard, count in expected.items():
+        if not shard.exists():
+            problems.append(f"{shard}: missing ({count} images)")
+            continue
+        read = 0
+        try:  # a record at a time, so that a damaged one is counted exactly
+            for _ in tf.data.TFRecordDataset(str(shard)).batch(1).map(parse, num_parallel_calls=tf.data.AUTOTUNE):
+                read += 1
+                advance()
+        except tf.errors.OpError as e:
+            problems.append(f"{shard}: damaged after {read} of {count} records ({_why(e)})")
+            continue
+        if read != count:
+            problems.append(f"{shard}: holds {read} records, the plan says {count}")
+    if progress:
+        print(flush=True)  # end the progress bar's line
+    if not (root / RECORD).exists():
+        problems.append(f"{root / RECORD}: missing (the preparation is not finished, or the file was deleted)")
+    return problems
 
 
 # What a prepared record holds, as `tf.io.parse_example` reads it (TFDS's features serialize to these).

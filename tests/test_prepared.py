@@ -259,6 +259,31 @@ def test_a_damaged_shard_met_while_training_is_one_line_naming_it_and_the_traini
             assert latest.endswith(f"ckpt-{at_step}")
 
 
+def test_verify_reads_a_prepared_folder_back_and_names_each_damaged_short_or_missing_shard(tmp_path, shapes_folder,
+                                                                                         data_dir):
+    """Issue 32: damaged shards dropped images silently; --verify checks a folder before a long run."""
+    out = tmp_path / "p"
+    assert _prepare(f"folder:{shapes_folder}", data_dir, out, "jpeg256", shard_size=8)[1]
+    whole = cli("prepare", "--verify", f"--output={out}")
+    assert whole.returncode == 0 and "every shard is whole" in whole.stdout, whole.stderr
+    shards = sorted(out.glob("prepared-train.tfrecord-*"))
+    with open(shards[0], "r+b") as f:
+        f.truncate(shards[0].stat().st_size - 100)                     # the last record cut short
+    data_ = bytearray(shards[1].read_bytes())
+    data_[len(data_) // 2:len(data_) // 2 + 64] = bytes(64)            # 64 bytes zeroed: a checksum fails
+    shards[1].write_bytes(bytes(data_))
+    shards[2].unlink()
+    proc = cli("prepare", "--verify", f"--output={out}")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"alexnet-prepare: error: {shards[0]}: damaged after 7 of 8 records")
+    assert lines[1].startswith(f"alexnet-prepare: error: {shards[1]}: damaged after ")
+    assert lines[2] == f"alexnet-prepare: error: {shards[2]}: missing (8 images)"
+    nothing = cli("prepare", "--verify", f"--output={tmp_path / 'empty'}")
+    assert nothing.returncode == 1 and "holds no preparation" in nothing.stderr
+
+
 @pytest.mark.heavy
 def test_training_from_each_format_reaches_the_sources_accuracy(tmp_path, shapes_dir, embedded_prepared):
     """The same tiny run (400 steps on the embedded dataset) from the source and from each format."""

@@ -6,6 +6,7 @@ training (and the tf.data service's workers) no longer decode full-size JPEGs ev
 
 Rerunning with the same flags resumes a killed preparation. On several machines sharing --output, run
 task i of N on each (--task=i --tasks=N); the last to finish writes the metadata that makes it readable.
+`alexnet-prepare --verify --output=DIR` reads a prepared folder back and names any damaged or missing shard.
 """
 
 from absl import flags
@@ -30,6 +31,9 @@ flags.DEFINE_integer("task", 0, "This machine's task (0..tasks-1) when several p
                      lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_integer("tasks", 1, "How many tasks prepare into --output; task i writes the shards k with "
                      "k % tasks == i.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_boolean("verify", False, "Check the prepared dataset in --output instead of preparing: read every "
+                     "record as training does and count each shard against the plan; exit 1 naming each damaged, "
+                     "short or missing file.", flag_values=FLAGS)
 flags.DEFINE_float("val_fraction", 0.05, "For a folder dataset without val/: the fraction of each class held out "
                    "for validation, as in training.", flag_values=FLAGS)
 
@@ -45,6 +49,8 @@ def _prepare(args):
     if FLAGS.task >= FLAGS.tasks:
         cli.error("alexnet-prepare", f"--task={FLAGS.task}: must be below --tasks={FLAGS.tasks}")
         return 2
+    if FLAGS.verify:
+        return _verify()
     try:
         cli.check_folder("output", FLAGS.output)
         _check_output_outside_the_source()
@@ -77,6 +83,23 @@ def _prepare(args):
         return 1
     if complete:
         print(f"train from it with: alexnet-train --dataset=prepared:{FLAGS.output}")
+    return 0
+
+
+def _verify():
+    cli.start_tensorflow(FLAGS)
+    from alexnet_tf import prepared, sources
+
+    try:
+        problems = prepared.verify(FLAGS.output)
+    except sources.DatasetError as e:
+        cli.error("alexnet-prepare", e)
+        return 1
+    for line in problems:
+        cli.error("alexnet-prepare", line)
+    if problems:
+        return 1
+    print(f"{FLAGS.output}: every shard is whole and holds the images its plan says")
     return 0
 
 
