@@ -92,10 +92,7 @@ def prepare(source, output, fmt, *, statistics, quality=JPEG_QUALITY, shard_size
         return True
     todo = {split: [k for k in range(plan.shards(split)) if k % tasks == task
                     and not plan.shard_path(root, split, k).exists()] for split in SPLITS}
-    for split in SPLITS:
-        for stale in root.glob(f".prepared-{split}.tfrecord-*.tmp"):  # left by a killed run of this task
-            if int(stale.name.split("-")[2].split(".")[0]) % tasks == task:
-                stale.unlink()
+    _remove_stale_shards(root, task, tasks)
     total = sum(min(plan.shard_size, plan.counts[s] - k * plan.shard_size) for s in SPLITS for k in todo[s])
     done_before = sum(plan.shards(s) for s in SPLITS) - sum(len(v) for v in todo.values())
     if done_before:
@@ -155,12 +152,32 @@ def _write_shards(source, plan, root, split, shards, advance):
             if writer is not None:
                 _close(writer, tmp, plan.shard_path(root, split, shard))
             shard = k
-            tmp = root / f".{plan.shard_path(root, split, k).name}.tmp"
+            # Each writer its own temporary name: two runs of one task at once each finish (issue 32).
+            tmp = root / f".{plan.shard_path(root, split, k).name}.{os.getpid()}.tmp"
             writer = tf.io.TFRecordWriter(str(tmp))
         writer.write(spec.serialize_example({"image": stored, "label": int(label)}))
         advance()
     if writer is not None:
         _close(writer, tmp, plan.shard_path(root, split, shard))
+
+
+def _remove_stale_shards(root, task, tasks):
+    """Removes this task's half-written shards left by killed runs: those whose writer (the process id in the
+    name, `.prepared-train.tfrecord-00003-of-00009.<pid>.tmp`) is no longer running."""
+    for stale in root.glob(".prepared-*.tfrecord-*.tmp"):
+        shard, pid = stale.name.split("-")[2], stale.name.split(".")[-2]
+        if int(shard) % tasks == task and not (pid.isdigit() and _running(int(pid))):
+            stale.unlink(missing_ok=True)
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _close(writer, tmp, path):

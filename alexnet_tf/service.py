@@ -59,7 +59,12 @@ def start_worker(dispatcher_address, port=0, worker_address=None):
     `worker_address` is how trainers reach it (default localhost:<port>, right only on one machine)."""
     config = SERVICE.WorkerConfig(dispatcher_address=dispatcher_address, port=port,
                                   worker_address=worker_address or "localhost:%port%")
-    return SERVICE.WorkerServer(config)
+    try:
+        return SERVICE.WorkerServer(config)
+    except (NotImplementedError, tf.errors.OpError) as e:  # it answers gRPC, but not as a dispatcher
+        why = str(e).splitlines()[0].rstrip(": ") if str(e).strip() else type(e).__name__
+        raise ServiceError(f"dispatcher_address={dispatcher_address}: answers, but not as a tf.data service "
+                           f"dispatcher ({why}); give the address alexnet-data-service --dispatcher printed") from None
 
 
 def wait_for(address, timeout, what="data_service"):

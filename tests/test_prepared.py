@@ -2,6 +2,7 @@
 
 import shutil
 import signal
+import subprocess
 import time
 
 import numpy as np
@@ -127,10 +128,30 @@ def test_tasks_prepare_disjoint_shards_and_the_last_one_joins(tmp_path, shapes_f
     assert not complete
     with pytest.raises(DatasetError, match="not finished"):
         prepared.load(tmp_path / "split")
-    assert _prepare(name, data_dir, tmp_path / "split", "raw256", shard_size=8, task=1, tasks=2)[1]
+    # Half-written shards of task 1: one left by a killed run (its process is gone), one being written by a
+    # run of the same task still at work (this process): each writer has its own name (issue 32: two runs of
+    # one task made one fail on the other's temporary file), and only the dead writer's file is removed.
+    other_writer = subprocess.Popen(["sleep", "60"])
+    dead = tmp_path / "split" / f".prepared-train.tfrecord-00001-of-00008.{_a_finished_process_id()}.tmp"
+    alive = tmp_path / "split" / f".prepared-train.tfrecord-00003-of-00008.{other_writer.pid}.tmp"
+    for path in (dead, alive):
+        path.write_bytes(b"half a shard")
+    try:
+        assert _prepare(name, data_dir, tmp_path / "split", "raw256", shard_size=8, task=1, tasks=2)[1]
+    finally:
+        other_writer.kill()
+        other_writer.wait()
+    assert not dead.exists() and alive.exists()
+    alive.unlink()
     _prepare(name, data_dir, tmp_path / "one", "raw256", shard_size=8)
     assert _shard_contents(tmp_path / "split") == _shard_contents(tmp_path / "one")
     assert prepared.load(tmp_path / "split").num_train == source.num_train
+
+
+def _a_finished_process_id():
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def test_bad_files_are_skipped_and_named(tmp_path, shapes_folder, data_dir):

@@ -79,18 +79,28 @@ def test_an_unreachable_dispatcher_is_one_line_after_a_bounded_wait(tmp_path, sh
 
 
 @pytest.mark.heavy
-def test_a_port_already_in_use_is_refused_in_one_line():
+def test_a_port_already_in_use_or_a_worker_for_a_dispatcher_is_refused_in_one_line():
     """Issue 32: gRPC shares a port among servers that bind it with SO_REUSEPORT, so a second dispatcher on a
     taken port said "listening" and split the connections with the first."""
     port = free_port()
-    dispatcher = service.start_dispatcher(port)
+    dispatcher, worker = service.start_dispatcher(port), None
     try:
         for role in (["--dispatcher"], ["--worker", f"--dispatcher_address=localhost:{port}"]):
             proc = cli("data_service", *role, f"--port={port}")
             assert proc.returncode == 1, proc.stdout
             assert proc.stderr.strip() == (f"alexnet-data-service: error: --port={port}: already in use on this "
                                            f"machine (another server listens there); stop it or choose another port")
+        # A worker pointed at another worker (it answers gRPC, but is no dispatcher): one line, not 24.
+        worker = service.start_worker(f"localhost:{port}")
+        other = f"localhost:{worker._address.rsplit(':', 1)[1]}"
+        proc = cli("data_service", "--worker", f"--dispatcher_address={other}", "--dispatcher_timeout=5")
+        assert proc.returncode == 1
+        assert proc.stderr.startswith(f"alexnet-data-service: error: --dispatcher_address={other}: answers, but not "
+                                      f"as a tf.data service dispatcher"), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     finally:
+        if worker is not None:
+            worker.stop()
         dispatcher.stop()
     bad = cli("data_service", "--worker", "--dispatcher_address=localhost:1", "--dispatcher_timeout=-1")
     assert bad.returncode != 0 and "dispatcher_timeout" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
