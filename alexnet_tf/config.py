@@ -142,7 +142,7 @@ class TrainConfig:
     max_eval_images: int | None = None
     max_pixels: int = MAX_PIXELS     # larger images are refused unread
     data_service: str | None = None  # grpc://HOST:PORT of a tf.data service dispatcher: training input runs there
-    data_service_timeout: float = 60  # seconds to wait for that dispatcher at start-up
+    data_service_timeout: float = 60  # seconds to wait for that dispatcher at start-up, and for a batch
     cluster_timeout: float = 300     # multi_worker: seconds to wait for every worker in TF_CONFIG to start
 
     @property

@@ -403,7 +403,11 @@ def _loop(run, stop):
         # The rate of the step to come, from the s steps taken so far.
         if run.state.schedule.after_step(learning_rate, s, s / run.steps_per_epoch):
             _report_drop(run, s, learning_rate)
-        window.add(s + 1, run.train_step(*next(run.train_iter)), config.batch_size)
+        batch = _next_batch(run, stop)
+        if batch is None:  # SIGTERM or Ctrl-C while the tf.data service sent nothing
+            run.manager.save(checkpoint_number=s)
+            raise _preempted(run, s, stop)
+        window.add(s + 1, run.train_step(*batch), config.batch_size)
         s += 1
         step.assign(s)
         rate.count(window, config.batch_size, run.manager.latest_checkpoint)
@@ -421,7 +425,25 @@ def _loop(run, stop):
         if preemption is not None:
             preemption.save_checkpoint_if_preempted(checkpoint_number=s)  # may save and raise Preempted
         if stop:
-            run.log(f"\n{signal.Signals(stop[0]).name}: checkpoint written at step {s} "
-                    f"({run.manager.latest_checkpoint}); exiting")
-            raise Preempted(128 + stop[0])
+            raise _preempted(run, s, stop)
     return last_eval
+
+
+def _preempted(run, s, stop):
+    run.log(f"\n{signal.Signals(stop[0]).name}: checkpoint written at step {s} ({run.manager.latest_checkpoint}); "
+            f"exiting")
+    return Preempted(128 + stop[0])
+
+
+def _next_batch(run, stop):
+    """The next training batch; None if a signal arrived while the tf.data service sent nothing. A service that
+    sends nothing for --data_service_timeout seconds ends the run in one line, the training so far kept."""
+    if not run.config.data_service:
+        return next(run.train_iter)
+    try:
+        return service.next_batch(run.train_iter, run.config.data_service, timeout=run.config.data_service_timeout,
+                                  stopped=lambda: bool(stop), say=lambda line: run.log(f"\n{line}"))
+    except service.ServiceError as e:
+        if run.config.strategy != "multi_worker":  # a save is a collective there: the peers are not saving
+            run.manager.save(checkpoint_number=int(run.state.step.numpy()))
+        raise service.ServiceError(f"{e}; the last checkpoint is {run.manager.latest_checkpoint}") from None

@@ -2,6 +2,7 @@
 pick, and stop."""
 
 import json
+import re
 import signal
 
 import pytest
@@ -133,6 +134,38 @@ def test_training_outlives_a_dead_data_worker_and_a_restarted_dispatcher(tmp_pat
     finally:
         codes = {name: _stop(proc)[0] for name, proc in servers.items() if proc.poll() is None}
     assert codes == {"dispatcher": 0, "worker0": 0}  # SIGTERM stops a server cleanly
+
+
+def test_a_service_that_sends_nothing_is_said_then_ends_the_run_and_sigterm_is_honoured_meanwhile(
+        tmp_path, shapes_folder, data_dir):
+    """Issue 32: with its workers dead (here: none ever started) a trainer waited in silence for ever, deaf to
+    SIGTERM and Ctrl-C."""
+    port = free_port()
+    dispatcher = _server("--dispatcher", f"--port={port}")
+    args = [f"--dataset=folder:{shapes_folder}", f"--data_dir={data_dir}", "--preset=tiny", "--batch_size=8",
+            "--steps=4", "--export_dir=", f"--data_service=grpc://localhost:{port}"]
+    try:
+        timed_out = cli("train", *args, f"--workdir={tmp_path / 'a'}", "--data_service_timeout=6", wait=False)
+        waiting = cli("train", *args, f"--workdir={tmp_path / 'b'}", "--data_service_timeout=12", wait=False)
+        out = ""
+        while "no batch from the tf.data service" not in out:  # said after half the timeout of nothing
+            line = waiting.stdout.readline()
+            assert line, waiting.communicate()[1][-2000:]
+            out += line
+        waiting.send_signal(signal.SIGTERM)
+        out_b, err_b = waiting.communicate(timeout=60)
+        out_a, err_a = timed_out.communicate(timeout=120)
+    finally:
+        _stop(dispatcher)
+    assert timed_out.returncode == 1, err_a
+    assert "no batch from the tf.data service" in out_a  # said before giving up
+    lines = [line for line in err_a.splitlines() if line.strip() and not re.match(r"^[IWEF]\d{4} |WARNING: All", line)]
+    assert len(lines) == 1 and "Traceback" not in err_a, err_a
+    assert lines[0] == (f"alexnet-train: error: --data_service=grpc://localhost:{port}: no batch from its workers for "
+                        f"6 s (a worker died, none is registered, or they cannot read the dataset's files); the last "
+                        f"checkpoint is {tmp_path / 'a' / 'checkpoints' / 'ckpt-0'}")
+    assert waiting.returncode == 143, err_b
+    assert f"SIGTERM: checkpoint written at step 0 ({tmp_path / 'b' / 'checkpoints' / 'ckpt-0'})" in out_b + out
 
 
 @pytest.mark.heavy

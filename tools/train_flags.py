@@ -124,7 +124,8 @@ def _running(values):
            "images split among them; the augmentation stays in this trainer's step, evaluation here too. "
            "Default: all input runs in this process.")
     number("float", "data_service_timeout", D.data_service_timeout, "Seconds to wait for --data_service's "
-           "dispatcher to answer at start-up before giving up.")
+           "dispatcher to answer at start-up, and for a batch from its workers while training (said after 10 s), "
+           "before stopping in one line, the training so far checkpointed.")
     string("export_dir", "export/alexnet", "After training, export a SavedModel to <export_dir>/<version>/ (when "
            "this run trained, or nothing was exported yet); empty to skip.")
 
