@@ -18,6 +18,7 @@ into batches with the paper's preprocessing, `alexnet_tf.statistics` gives
 the mean and colour basis they use.
 """
 
+import os
 from pathlib import Path
 
 import tensorflow as tf
@@ -87,7 +88,7 @@ def load_tfds(name, data_dir=None, *, val_fraction=0.05, download=True, ordered=
     import tensorflow_datasets as tfds
     import alexnet_tf.datasets  # noqa: F401  registers alexnet_shapes
 
-    data_dir = data_dir or default_data_dir()
+    data_dir = os.path.abspath(data_dir or default_data_dir())  # read where the pipeline runs (a service worker)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # TFDS raises several types for unknown names

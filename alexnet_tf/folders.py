@@ -44,7 +44,9 @@ def scan_files(files, workers=8, max_pixels=MAX_PIXELS):
 
 
 def load_folder(path, *, val_fraction=0.05, seed=0, max_pixels=MAX_PIXELS):
-    root = Path(path).expanduser()
+    # Absolute: the files are read where the pipeline runs, which may be a tf.data service worker started in
+    # another directory (issue 32).
+    root = Path(path).expanduser().absolute()
     if (root / "train").is_dir():
         train_classes = _class_files(root / "train")
         if not (root / "val").is_dir():

@@ -76,6 +76,17 @@ def test_folder_dataset_converts_what_it_can_and_skips_the_rest(messy_folder):
     assert sum(len(l) for _, l in evals) == source.num_validation
 
 
+def test_a_folder_given_by_a_relative_path_is_read_from_anywhere(messy_folder, monkeypatch):
+    """Issue 32: the paths go into the pipeline's graph, which a tf.data service worker started in another
+    directory runs; relative ones made it spin for ever."""
+    root, _, _ = messy_folder
+    monkeypatch.chdir(root.parent)
+    source = folders.load_folder(root.name)
+    monkeypatch.chdir("/")  # where a worker may have been started
+    image, label = next(iter(source.train))
+    assert len(image.numpy()) > 0 and source.name == f"folder:{root}"
+
+
 def test_held_out_split_is_deterministic_and_disjoint(messy_folder):
     root, _, _ = messy_folder
     a = folders.load_folder(str(root), val_fraction=0.3, seed=1)

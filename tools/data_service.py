@@ -11,7 +11,9 @@ sees. The service has no authentication and no encryption: run it on a private n
 It serves until SIGTERM or Ctrl-C.
 """
 
+import os
 import signal
+import sys
 import threading
 
 from absl import flags
@@ -19,6 +21,7 @@ from absl import flags
 from tools import cli
 
 FLAGS = cli.flag_values()
+STOP_WITHIN = 5  # seconds a server gets to stop after SIGTERM or Ctrl-C
 flags.DEFINE_boolean("dispatcher", False, "Run the dispatcher (one per cluster).", flag_values=FLAGS)
 flags.DEFINE_boolean("worker", False, "Run a worker (as many as it takes to feed the trainers).", flag_values=FLAGS)
 flags.DEFINE_integer("port", 0, "Port to listen on (0: any free port; the address is printed).", lower_bound=0,
@@ -74,8 +77,13 @@ def _serve(args):
                   f"dispatcher at {address}", flush=True)
         while not stop.wait(1.0):
             pass
-        server.stop()
-        print("stopped", flush=True)
+        # A worker's stop() was measured to hang after a job, and a worker whose input failed to spin on:
+        # a signal ends the process whatever its threads are doing (issue 32).
+        stopping = threading.Thread(target=server.stop, daemon=True)
+        stopping.start()
+        stopping.join(STOP_WITHIN)
+        print("stopped" if not stopping.is_alive() else f"stopped (the server did not finish within {STOP_WITHIN} s)",
+              flush=True)
     except service.ServiceError as e:
         cli.error(name, e)
         return 1
@@ -86,7 +94,12 @@ def _serve(args):
 
 
 def run():
-    cli.run(main)
+    """The console script. It ends with os._exit: the server's own threads may still be busy (above), and
+    nothing of a server's is left to flush."""
+    code = main(sys.argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":
