@@ -1,6 +1,6 @@
 """alexnet-benchmark: how fast every part of alexnet_tf runs on this machine.
 
-    alexnet-benchmark                      # everything, a readable table (about 6 minutes on 2 cores)
+    alexnet-benchmark                      # everything, a readable table (12-20 minutes on 2 cores)
     alexnet-benchmark --sections=train,pipeline --json
 
 Sections: forward (inference of the Keras model), matmul (the fp32 ceiling),

@@ -32,6 +32,8 @@ def print_table(results):
         for row in results["memory"].get("estimates", []):
             print(f"alexnet-train at batch {row['batch_size']}{' (ten crops)' if row['ten_crop'] else ''}: estimated "
                   f"{row['estimated_peak_bytes'] / 2**30:.2f} GiB, peak {row['peak_rss_bytes'] / 2**30:.2f} GiB")
+    for row in results.get("skipped", []):
+        print(f"skipped: {row['measurement']}: {row['why']}")
     if results.get("targets"):
         print("\ntargets (the paper model; training at batch 128):")
         for t in results["targets"]:

@@ -26,11 +26,20 @@ def measure(sections, *, forward_batches=(1, 128), train_batches=(32, 128, 256),
     if "matmul" in sections or "train" in sections:
         results["matmul"] = probes.matmul_ceiling(warmup=w, repeats=r)
     if "train" in sections:
-        log("timing train steps")
-        results["train"] = [train.train_step(b, warmup=w, repeats=r) for b in train_batches]
+        results["train"] = []
+        for b in train_batches:
+            log(f"timing the fp32 train step at batch {b}")
+            results["train"].append(train.train_step(b, warmup=w, repeats=r))
     if "precision" in sections:
-        log("timing mixed precision and XLA")
-        results["precision"] = [train.train_step(128, precision=p, jit=j, warmup=w, repeats=r) for p, j in PRECISIONS]
+        results["precision"] = []
+        for p, j in PRECISIONS:
+            what = f"the train step in {p}{' with XLA' if j else ''} at batch 128"
+            if why := probes.too_slow_here(p):
+                log(f"skipping {what}: {why}")
+                results.setdefault("skipped", []).append({"measurement": what, "why": why})
+                continue
+            log(f"timing {what}")
+            results["precision"].append(train.train_step(128, precision=p, jit=j, warmup=w, repeats=r))
     if "finetune" in sections:
         log("timing fine-tuning steps")
         results["finetune"] = train.fine_tuning(FINETUNE_LAYERS, warmup=w, repeats=r)
