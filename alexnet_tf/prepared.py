@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import preprocessing
+from alexnet_tf import preprocessing, shards
 from alexnet_tf.config import PREPARED_PREFIX, PREPARED_RECORD
-from alexnet_tf.sources import DatasetError, Source, reason
+from alexnet_tf.sources import DatasetError, Source
 
 FORMATS = ("jpeg256", "raw256")
 SIZE = preprocessing.RESIZE
@@ -269,7 +269,7 @@ def load(path):
     return Source(name=name, class_names=record["class_names"], train=split("train"),
                   validation=split("validation"), num_train=record["num_train"],
                   num_validation=record["num_validation"], decode=decode, statistics=record["statistics"],
-                  records=_records(root, name, jpeg), parse=_parser(jpeg))
+                  records=_records(root, name, jpeg), parse=shards.parser(jpeg))
 
 
 def _refuse_unfinished(root, name):
@@ -314,44 +314,12 @@ def _is_json(path):
 
 
 def _records(root, name, jpeg):
-    """Each split's shard files, absolute (tf.data service workers may run elsewhere), all present, and the
-    first record in the format the record says (a folder whose metadata and shards disagree is refused here
-    rather than failing, or hanging, once training reads it)."""
+    """Each split's shard files, absolute (tf.data service workers may run elsewhere), checked
+    (`shards.check`: all there, the first in the recorded format)."""
     plan = _read_plan(root)
     records = {s: [str(plan.shard_path(root.resolve(), s, k)) for k in range(plan.shards(s))] for s in SPLITS}
-    if missing := next((p for paths in records.values() for p in paths if not Path(p).exists()), None):
-        raise DatasetError(f"dataset={name}: shard {missing} is missing; copy the whole folder again, or "
-                           f"prepare it again into a new --output")
-    first = records["train"][0]
-    try:
-        image = tf.io.parse_single_example(next(iter(tf.data.TFRecordDataset(first))), _FEATURES)["image"]
-    except (StopIteration, tf.errors.OpError) as e:
-        raise DatasetError(f"dataset={name}: {first} cannot be read ({reason(e)})") from None
-    is_jpeg = bool(tf.io.is_jpeg(image))
-    if is_jpeg != jpeg or (not jpeg and len(image.numpy()) != SIZE * SIZE * 3):
-        stored = "JPEGs" if is_jpeg else f"{len(image.numpy())}-byte records"
-        raise DatasetError(f"dataset={name}: its {RECORD} says {'jpeg256' if jpeg else 'raw256'} but {first} holds "
-                           f"{stored}; the folder's metadata and shards come from different preparations")
+    shards.check(records, name, jpeg, RECORD)
     return records
-
-
-def find_damaged(paths):
-    """(path, reason) of the first of these TFRecord files that cannot be read to its end (truncated, or a
-    record whose checksum fails), or None. TensorFlow's read error names the byte offset, not the file: this
-    reads each file to find it, so it is for the failure path only."""
-    for path in paths:
-        try:
-            for _ in tf.data.TFRecordDataset(path).batch(256):
-                pass
-        except (tf.errors.DataLossError, tf.errors.NotFoundError) as e:
-            return path, _why(e)
-    return None
-
-
-def _why(error):
-    """A TensorFlow read error's reason alone: "{{function_node ...}} truncated record at 1573336' failed with
-    Read less bytes than requested [Op:IteratorGetNext]" -> "truncated record at 1573336"."""
-    return error.message.splitlines()[0].split("}} ")[-1].split("' failed")[0].split(" [Op:")[0]
 
 
 def verify(path, *, log=print, progress=True):
@@ -362,7 +330,7 @@ def verify(path, *, log=print, progress=True):
     if not (root / PLAN).exists():
         raise DatasetError(f"output={root}: holds no preparation (no {PLAN}) to verify")
     plan = _read_plan(root)
-    parse = _parser(plan.format == "jpeg256")
+    parse = shards.parser(plan.format == "jpeg256")
     expected = {plan.shard_path(root, s, k): min(plan.shard_size, plan.counts[s] - k * plan.shard_size)
                 for s in SPLITS for k in range(plan.shards(s))}
     log(f"verifying {len(expected)} shards ({sum(expected.values())} images) of {root}")
@@ -371,40 +339,13 @@ def verify(path, *, log=print, progress=True):
         if not shard.exists():
             problems.append(f"{shard}: missing ({count} images)")
             continue
-        read = 0
-        try:  # a record at a time, so that a damaged one is counted exactly
-            for _ in tf.data.TFRecordDataset(str(shard)).batch(1).map(parse, num_parallel_calls=tf.data.AUTOTUNE):
-                read += 1
-                advance()
-        except tf.errors.OpError as e:
-            problems.append(f"{shard}: damaged after {read} of {count} records ({_why(e)})")
-            continue
-        if read != count:
+        read, why = shards.read_through(shard, parse, advance)
+        if why:
+            problems.append(f"{shard}: damaged after {read} of {count} records ({why})")
+        elif read != count:
             problems.append(f"{shard}: holds {read} records, the plan says {count}")
     if progress:
         print(flush=True)  # end the progress bar's line
     if not (root / RECORD).exists():
         problems.append(f"{root / RECORD}: missing (the preparation is not finished, or the file was deleted)")
     return problems
-
-
-# What a prepared record holds, as `tf.io.parse_example` reads it (TFDS's features serialize to these).
-_FEATURES = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
-
-
-def _parser(jpeg):
-    """parse(serialized examples [B]) -> (uint8 squares [B, 256, 256, 3], int64 labels [B]): one
-    `parse_example` for the whole batch; raw256's pixels are then one `decode_raw`, jpeg256's one JPEG decode
-    an image (TensorFlow decodes JPEGs one at a time, on the host)."""
-    shape = tf.TensorSpec([SIZE, SIZE, 3], tf.uint8)
-
-    def parse(serialized):
-        features = tf.io.parse_example(serialized, _FEATURES)
-        if jpeg:
-            squares = tf.map_fn(lambda data: tf.ensure_shape(tf.io.decode_jpeg(data, channels=3), shape.shape),
-                                features["image"], fn_output_signature=shape)
-        else:
-            squares = tf.reshape(tf.io.decode_raw(features["image"], tf.uint8), [-1, SIZE, SIZE, 3])
-        return squares, features["label"]
-
-    return parse

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import (augmentation, checkpoints, cluster, config as config_lib, data, footprint, metrics,
-                        model as model_lib, optim, pipelines, placement, prepared, runs, service, sources, statistics,
+                        model as model_lib, optim, pipelines, placement, runs, service, shards, sources, statistics,
                         steps, summaries, workdir as workdir_lib)
 from alexnet_tf.metrics import NonFiniteLoss  # noqa: F401  (training.NonFiniteLoss: what a run raises)
 
@@ -321,7 +321,7 @@ def _damaged(run, error):
     """A damaged file of the dataset met while training or evaluating (issue 32), as one line naming it (found
     by reading the dataset's files again) and the checkpoint of the training so far, written first."""
     run.manager.save(checkpoint_number=int(run.state.step.numpy()))  # the step finished: a consistent state
-    found = prepared.find_damaged([p for paths in (run.records or {}).values() for p in paths])
+    found = shards.find_damaged([p for paths in (run.records or {}).values() for p in paths])
     where, why = found or (f"a file of {run.config.dataset}", sources.reason(error))
     return sources.DatasetError(f"{where}: damaged ({why}); the training so far is in "
                                 f"{run.manager.latest_checkpoint}. Copy or prepare the dataset again, then rerun "
