@@ -125,21 +125,13 @@ def next_version(export_dir):
     return max(existing, default=0) + 1
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
-    return True
 
 
 def remove_abandoned(export_dir, log=print):
     """Removes the `N.partial` folders of exports that were killed (their process is gone), saying so."""
     for partial in sorted(p for p in Path(export_dir).glob("*.partial") if p.is_dir()):
         owner = (partial / ".owner").read_text().strip() if (partial / ".owner").is_file() else ""
-        if not owner.isdigit() or not _alive(int(owner)):
+        if not owner.isdigit() or not workdir_lib.alive(int(owner)):
             shutil.rmtree(partial, ignore_errors=True)
             log(f"removed {partial}: left by an export that did not finish")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import preprocessing, shards
+from alexnet_tf import preprocessing, shards, workdir
 from alexnet_tf.config import PREPARED_PREFIX, PREPARED_RECORD
 from alexnet_tf.sources import DatasetError, Source
 
@@ -166,18 +166,8 @@ def _remove_stale_shards(root, task, tasks):
     name, `.prepared-train.tfrecord-00003-of-00009.<pid>.tmp`) is no longer running."""
     for stale in root.glob(".prepared-*.tfrecord-*.tmp"):
         shard, pid = stale.name.split("-")[2], stale.name.split(".")[-2]
-        if int(shard) % tasks == task and not (pid.isdigit() and _running(int(pid))):
+        if int(shard) % tasks == task and not (pid.isdigit() and workdir.alive(int(pid))):
             stale.unlink(missing_ok=True)
-
-
-def _running(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _close(writer, tmp, path):

@@ -19,6 +19,17 @@ from alexnet_tf import runs
 from alexnet_tf.runs import WorkdirError
 
 
+def alive(pid):
+    """Whether a process `pid` runs (an export's or a preparation's writer, named in its temporary file)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
 def no_space(error):
     """Whether `error` (an OSError or a TensorFlow error) means the disk is full."""
     return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
