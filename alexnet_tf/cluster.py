@@ -131,8 +131,7 @@ def _when_peers_answer(build, timeout, log):
         f"(--cluster_timeout)")
     sys.stdout.flush()
     started = time.monotonic()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # this thread only: the rendezvous takes it
-    _rendezvous(peers, timeout)
+    _rendezvous(peers, timeout)  # unblocks SIGTERM in this thread once its own handler is in place
     handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGINT)}
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     left = max(1.0, timeout - (time.monotonic() - started))
@@ -175,8 +174,11 @@ def _rendezvous(peers, timeout):
         raise ClusterError(f"stopped by SIGTERM while waiting for the other workers of the cluster "
                            f"({', '.join(silent)}); nothing was written", status=128 + signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, terminated)
     silent, deadline = list(peers), time.monotonic() + timeout
+    previous = signal.signal(signal.SIGTERM, terminated)
+    # This thread only, and only now: a SIGTERM that arrived since the "waiting" line (blocked, so pending) goes
+    # to this handler, not to the start-up guard's, which only notes it until the strategy exists.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
         while silent:
             _drop_probes(listener)
