@@ -151,7 +151,13 @@ def test_a_worker_whose_peer_never_starts_gives_up_naming_it_and_sigterm_or_ctrl
         assert "waiting for the other workers" in waiting.stdout.readline()
         time.sleep(0.5)  # into the wait itself
         waiting.send_signal(sig)
-        _, err = waiting.communicate(timeout=30)
+        try:
+            _, err = waiting.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # flaky in full-suite runs (issue 30's note): keep what it said
+            waiting.kill()
+            out, err = waiting.communicate()
+            raise AssertionError(f"{signal.Signals(sig).name} 0.5 s into the wait did not end the trainer within "
+                                 f"30 s; it printed:\n{out[-2000:]}\n{err[-3000:]}") from None
         assert waiting.returncode == status, err
         assert one_line(subprocess.CompletedProcess([], status, "", err)) == line
     # Something else answers on the peer's port, so the wait passes to TensorFlow, which never connects:
