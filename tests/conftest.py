@@ -1,7 +1,14 @@
 import os
+import signal
 
 # Quieter TF logs in test output; set before TensorFlow is imported anywhere.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# A shell that starts a command in the background without job control (`make test &`, some CI runners) starts
+# it with SIGINT ignored, every child inherits that, and a Python child then never installs its Ctrl-C
+# handler: the tests that press Ctrl-C on a child trainer failed in every such run. A handler here is reset to
+# the default in each child at exec, as in a foreground run.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
