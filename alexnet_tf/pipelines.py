@@ -46,7 +46,7 @@ def _shuffled_squares(source, batch_size, size, *, shuffle_buffer, seed):
         batches = records.shuffle(shuffle_buffer, seed=seed).repeat().batch(batch_size, drop_remainder=True)
         return batches.map(lambda serialized: _sized(*source.parse(serialized), size), num_parallel_calls=AUTOTUNE)
     ds = source.train.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.map(lambda image, label: (_square(source, image, size), label), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda image, label: (source.square(image, size), label), num_parallel_calls=AUTOTUNE)
     # A file that breaks after the scan must not end a long run; TF logs it.
     return ds.ignore_errors(log_warning=True).batch(batch_size, drop_remainder=True)
 
@@ -62,12 +62,8 @@ def eval_pipeline(source, split="validation", *, batch_size, size=preprocessing.
                                         num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
     examples = source.train if split == "train" else source.validation
     examples = examples.take(count) if count else examples
-    ds = examples.map(lambda image, label: (_square(source, image, size), label), num_parallel_calls=AUTOTUNE)
+    ds = examples.map(lambda image, label: (source.square(image, size), label), num_parallel_calls=AUTOTUNE)
     return ds.batch(batch_size).prefetch(AUTOTUNE)
-
-
-def _square(source, image, size):
-    return preprocessing.to_uint8(source.decode(image, size))
 
 
 def _sized(squares, labels, size):

@@ -67,12 +67,6 @@ def features(fmt, num_classes):
     return tfds.features.FeaturesDict({"image": image, "label": tfds.features.ClassLabel(num_classes=num_classes)})
 
 
-def square_uint8(source, image):
-    """One stored image of `source` as the uint8 256x256 square `raw256` stores: today's `decode_center_256`
-    output, rounded."""
-    return preprocessing.to_uint8(source.decode(image, SIZE))
-
-
 def prepare(source, output, fmt, *, statistics, quality=JPEG_QUALITY, shard_size=None, task=0, tasks=1,
             log=print, progress=True):
     """Prepares `source` into the folder `output` in `fmt` (the shards of this task that are not done yet),
@@ -137,7 +131,7 @@ def _write_shards(source, plan, root, split, shards, advance):
     size = plan.shard_size
 
     def encode(image, label):
-        square = square_uint8(source, image)
+        square = source.square(image, SIZE)
         stored = tf.io.encode_jpeg(square, quality=plan.quality) if plan.format == "jpeg256" else square
         return stored, label
 

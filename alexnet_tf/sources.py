@@ -40,6 +40,11 @@ class Source:
     def num_classes(self):
         return len(self.class_names)
 
+    def square(self, image, size=preprocessing.RESIZE):
+        """One stored image's central square at size x size as uint8: what the pipelines ship and raw256 stores
+        (`decode`'s output, rounded)."""
+        return preprocessing.to_uint8(self.decode(image, size))
+
 
 def reason(error):
     """The short reason of an OS or TensorFlow error, for a one-line message: its strerror, else its message's

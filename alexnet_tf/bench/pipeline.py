@@ -207,11 +207,11 @@ def _service_process(*args):
     return proc, int(found.group(1))
 
 
-def end_to_end(source, batch_size, *, steps=10, warmup=2, rounds=1, precision="float32"):
+def end_to_end(source, batch_size, *, steps=10, warmup=2, precision="float32"):
     """Images/s of training the paper model on batches from `source`'s training pipeline (augmented in the
     step), and of the same model's step fed one in-memory float32 batch with no augmentation at all, one
-    after the other, so their ratio sees the same machine. (More `rounds` would flatter the pipeline: it
-    fills its prefetch buffer while the other step runs.)"""
+    after the other, so their ratio sees the same machine. (Taking turns in rounds would flatter the pipeline:
+    it fills its prefetch buffer while the other step runs.)"""
     import tensorflow as tf
 
     from alexnet_tf import augmentation, steps as steps_lib
@@ -228,7 +228,7 @@ def end_to_end(source, batch_size, *, steps=10, warmup=2, rounds=1, precision="f
         labels = tf.random.uniform((batch_size,), 0, source.num_classes, dtype=tf.int64, seed=0)
         times = time_calls({"fed": lambda: float(fed(*next(iterator))[0]),
                             "in_memory": lambda: float(in_memory(images, labels)[0])},
-                           warmup=warmup, repeats=steps, rounds=rounds)
+                           warmup=warmup, repeats=steps)
     return {"images_per_s": batch_size / times["fed"]["median_s"],
             "in_memory_images_per_s": batch_size / times["in_memory"]["median_s"], "batch_size": batch_size,
             "steps": steps, "flop_per_image": flops_lib.step_flops(flops_lib.layer_flops(model))}
