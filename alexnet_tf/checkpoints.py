@@ -48,6 +48,9 @@ def _restore(checkpoint, path, partial=False):
     try:
         status = checkpoint.restore(path)
         (status.expect_partial() if partial else status).assert_existing_objects_matched()
+        # The optimizer's slots restore when the first step creates them; a run stopped before it is not an
+        # error, and TensorFlow would warn at exit of "unrestored values".
+        status.expect_partial()
     except Exception as e:  # noqa: BLE001  TF's reader raises OpErrors, IndexError, ValueError, ...: all unreadable
         text = getattr(e, "message", None) or str(e)
         return f"unreadable: {text.splitlines()[0][:160]}" if text else f"unreadable: {type(e).__name__}"

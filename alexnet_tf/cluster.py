@@ -6,23 +6,18 @@ across workers) is cuda-convnet2's; BUILD_NOTES.md, "Hybrid parallelism", says w
 why it is built this way.
 """
 
+import contextlib
 import json
 import os
 import re
-import signal
 import sys
+import time
 
 import keras
 import tensorflow as tf
 
-
-class ClusterError(RuntimeError):
-    """A multi-worker run lost a worker (it died, or a collective timed out), its TF_CONFIG is unusable, or
-    its workers never all started. `status`: the exit status a tool gives (143: stopped by SIGTERM)."""
-
-    def __init__(self, message, status=1):
-        super().__init__(message)
-        self.status = status
+from alexnet_tf import rendezvous, shutdown
+from alexnet_tf.rendezvous import ClusterError
 
 
 # A collective that waits longer than this for a peer fails the step (a worker died or hangs).
@@ -48,7 +43,9 @@ def check_tf_config(strategy, log=print):
         log(f"note: TF_CONFIG is set but {why}; ignored (only --strategy=multi_worker reads it)")
 
 
-def make_strategy(config, log=print):
+def make_strategy(config, log=print, guard=None):
+    """The strategy of `config.strategy`. A multi-worker one waits for its peers first (`guard`: the run's
+    `shutdown.Guard`, whose phases that wait goes through)."""
     check_tf_config(config.strategy, log)
     if config.strategy == "mirrored":
         return tf.distribute.MirroredStrategy()
@@ -58,7 +55,7 @@ def make_strategy(config, log=print):
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS)
     if not config.hybrid:
         return _when_peers_answer(lambda: tf.distribute.MultiWorkerMirroredStrategy(communication_options=options),
-                                  config.cluster_timeout, log)
+                                  config.cluster_timeout, guard or shutdown.Guard(), log)
     # One replica per worker, on its first GPU (or the CPU): the strategy makes one replica per GPU it is
     # told of, and a resolver other than TFConfigClusterResolver is asked how many there are. The
     # replica's towers then run on the devices `tower_devices` names (`build_state`).
@@ -68,167 +65,25 @@ def make_strategy(config, log=print):
         rpc_layer=tf_config.rpc_layer or "grpc",
         num_accelerators={"GPU": 1} if tf.config.list_physical_devices("GPU") else {})
     return _when_peers_answer(lambda: tf.distribute.MultiWorkerMirroredStrategy(
-        cluster_resolver=resolver, communication_options=options), config.cluster_timeout, log)
+        cluster_resolver=resolver, communication_options=options), config.cluster_timeout, guard or shutdown.Guard(),
+        log)
 
 
-# What a worker says of the peers that never answered (the rendezvous and the watchdog alike).
-_NEVER_ANSWERED = ("cluster_timeout={timeout:g}: worker(s) {silent} never answered within {timeout:g} s; start every "
-                   "worker in TF_CONFIG with the same flags, or check their addresses")
-
-# The watchdog of `_when_peers_answer`: a separate Python (no TensorFlow), which ends the trainer if it is
-# still waiting for its peers after the timeout, saying which of them never answered.
-_WATCHDOG = r"""
-import os, select, signal, socket, sys
-import time
-wait, timeout, parent, prog, never_answered, peers = (float(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4],
-                                                      sys.argv[5], sys.argv[6:])
-def sigterm_pending():  # the trainer blocks SIGTERM while it waits: it stays pending, visible here
-    with open(f"/proc/{parent}/status") as f:
-        masks = [int(line.split()[1], 16) for line in f if line.startswith(("SigPnd:", "ShdPnd:"))]
-    return any(mask & (1 << (signal.SIGTERM - 1)) for mask in masks)
-deadline = time.monotonic() + wait
-while time.monotonic() < deadline:
-    if select.select([sys.stdin], [], [], 0.2)[0]:
-        sys.exit(0)  # the trainer connected (or ended: end of file)
-    if sigterm_pending():
-        sys.stderr.write(f"{prog}: error: stopped by SIGTERM while the cluster was starting; nothing was written\n")
-        sys.stderr.flush()
-        os.kill(parent, signal.SIGKILL)
-        sys.exit(0)
-def answers(address):
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=1.0).close()
-        return True
-    except (OSError, ValueError):
-        return False
-silent = [p for p in peers if not answers(p)]
-why = (never_answered.format(silent=", ".join(silent)) if silent else
-       f"--cluster_timeout={timeout}: {', '.join(peers)} answer(s) but never joined the cluster within {timeout} s; "
-       f"is each an alexnet-train worker started with the same TF_CONFIG?")
-sys.stderr.write(f"{prog}: error: {why}\n")
-sys.stderr.flush()
-os.kill(parent, signal.SIGKILL)  # TensorFlow's preemption notifier would take a SIGTERM, and the trainer stay
-"""
-
-
-def _when_peers_answer(build, timeout, log):
+def _when_peers_answer(build, timeout, guard, log):
     """`build()`'s multi-worker strategy. Building it blocks until every worker in TF_CONFIG has started, inside
-    TensorFlow and holding Python's interpreter lock, so that no Python signal handler or thread can run until
-    it returns, and SIGTERM meanwhile goes to TensorFlow's preemption notifier, which keeps the process alive
-    (measured: BUILD_NOTES "Failure modes"). So the wait happens first in Python (`_rendezvous`), where SIGTERM,
-    Ctrl-C and the timeout each end it with one line; only then is the strategy built. For that last, short
-    wait SIGINT gets its default action (the process ends at once, 130) and SIGTERM is blocked, so that no
-    thread that also blocks it (alexnet-train blocks it before TensorFlow starts its threads) hands it to
-    TensorFlow: it stays pending, for the handler in place once the strategy exists. A watchdog process ends
-    the trainer (SIGKILL) with one line if a SIGTERM is pending meanwhile, or if the wait outlasts the rest of
-    `timeout` (naming the workers that never answered)."""
-    import subprocess
-    import time
-
-    peers = _peers()
-    log(f"waiting for the other workers of the cluster ({', '.join(peers)}); giving up after {timeout:g} s "
+    TensorFlow, where nothing can interrupt it (`alexnet_tf.shutdown`). So the wait happens first in Python
+    (`rendezvous.wait_for_peers`), where SIGTERM, Ctrl-C and the timeout each end it with one line; only then
+    is the strategy built, watched by the watchdog for the rest of `timeout`."""
+    silent = rendezvous.peers()
+    log(f"waiting for the other workers of the cluster ({', '.join(silent)}); giving up after {timeout:g} s "
         f"(--cluster_timeout)")
     sys.stdout.flush()
-    started = time.monotonic()
-    _rendezvous(peers, timeout)  # unblocks SIGTERM in this thread once its own handler is in place
-    handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGINT)}
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    started, peers = time.monotonic(), list(silent)
+    with guard.waiting_for_peers(silent):
+        rendezvous.wait_for_peers(silent, timeout)
     left = max(1.0, timeout - (time.monotonic() - started))
-    never_answered = "--" + _NEVER_ANSWERED.format(timeout=timeout, silent="{silent}")
-    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(left), f"{timeout:g}", str(os.getpid()),
-                                 "alexnet-train", never_answered, *peers], stdin=subprocess.PIPE)
-    try:
+    with guard.building_strategy("alexnet-train", left, timeout, peers):
         return build()
-    finally:
-        watchdog.stdin.write(b"connected\n")
-        watchdog.stdin.close()
-        watchdog.wait()  # before SIGTERM is unblocked: a pending one is then this process's to handle
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-
-
-def _rendezvous(peers, timeout):
-    """Returns once every worker in `peers` accepts a TCP connection on its port, listening on this worker's
-    own port meanwhile so that they see it too (the listener is closed before TensorFlow's server takes the
-    port). Raises ClusterError naming the silent workers after `timeout` s, or on SIGTERM (status 143);
-    Ctrl-C raises KeyboardInterrupt as anywhere else."""
-    import socket
-    import time
-
-    me = _own_address()
-    host, _, port = me.rpartition(":")
-    listener = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind(("", int(port)))
-    except OSError as e:
-        listener.close()
-        raise ClusterError(f"TF_CONFIG: this worker's address {me} cannot be listened on ({e.strerror}); is another "
-                           f"process using port {port}?") from None
-    listener.listen(16)
-    listener.setblocking(False)
-
-    def terminated(signum, frame):
-        raise ClusterError(f"stopped by SIGTERM while waiting for the other workers of the cluster "
-                           f"({', '.join(silent)}); nothing was written", status=128 + signal.SIGTERM)
-
-    silent, deadline = list(peers), time.monotonic() + timeout
-    previous = signal.signal(signal.SIGTERM, terminated)
-    # This thread only, and only now: a SIGTERM that arrived since the "waiting" line (blocked, so pending) goes
-    # to this handler, not to the start-up guard's, which only notes it until the strategy exists.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    try:
-        while silent:
-            _drop_probes(listener)
-            silent = [peer for peer in silent if not answers(peer)]
-            if silent and time.monotonic() > deadline:
-                raise ClusterError(_NEVER_ANSWERED.format(timeout=timeout, silent=", ".join(silent)))
-            time.sleep(0.2 if silent else 0)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        listener.close()
-
-
-def answers(address, timeout=0.5):
-    """Whether something accepts a TCP connection at `address` (HOST:PORT). (The watchdog has its own copy:
-    it runs without this package, which imports TensorFlow.)"""
-    import socket
-
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def _drop_probes(listener):
-    """Accepts and resets the connections peers opened to see this worker (no TIME_WAIT left on its port)."""
-    import socket
-    import struct
-
-    while True:
-        try:
-            connection, _ = listener.accept()
-        except BlockingIOError:
-            return
-        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        connection.close()
-
-
-def _own_address():
-    spec = json.loads(os.environ["TF_CONFIG"])
-    return spec["cluster"][spec["task"]["type"]][spec["task"]["index"]]
-
-
-def _peers():
-    """The other tasks' addresses in TF_CONFIG."""
-    spec = json.loads(os.environ["TF_CONFIG"])
-    me = spec.get("task", {})
-    return [address for kind, addresses in spec.get("cluster", {}).items() for i, address in enumerate(addresses)
-            if (kind, i) != (me.get("type"), me.get("index"))]
 
 
 def num_workers(strategy):
@@ -290,9 +145,10 @@ def lost_contact(error, *, when="", checkpoints=None):
                         f"worker with the same command{resume}")
 
 
-def preemption_handler(strategy, checkpoint, manager, exit_fn):
+def preemption_handler(strategy, checkpoint, manager, guard, step):
     """TF's PreemptionCheckpointHandler for a multi-worker run: when any worker gets SIGTERM (or SIGINT),
-    every worker checkpoints at the same step (`manager.save`), then calls `exit_fn` (which raises)."""
+    every worker checkpoints at the same step (`manager.save`), then raises `shutdown.Stopped` naming `step()`.
+    The run's `guard` hands it the signals from here on."""
     # The handler counts its calls from its own counter, restored from the checkpoint it finds in
     # `manager`'s directory: a non-chief's is a scratch one, so the counts would differ between workers.
     # With this attribute taken, the handler keeps its counter out of the checkpoint and every worker
@@ -300,6 +156,17 @@ def preemption_handler(strategy, checkpoint, manager, exit_fn):
     checkpoint.checkpointed_runs = tf.Variable(0, dtype=tf.int64, trainable=False)
     handler = tf.distribute.experimental.PreemptionCheckpointHandler(
         strategy.cluster_resolver, manager, termination_config=tf.distribute.experimental.TerminationConfig(
-            exit_fn=exit_fn))
-    signal.signal(signal.SIGINT, signal.getsignal(signal.SIGTERM))  # Ctrl-C on one worker: the same
+            exit_fn=shutdown.preempted_everywhere(step)))
+    guard.hand_to_tensorflow()
     return handler
+
+
+@contextlib.contextmanager
+def reported(multi_worker, *, when="", checkpoints=None):
+    """A collective's failure in a multi-worker run, raised as `lost_contact`'s one line."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        if not multi_worker:
+            raise
+        raise lost_contact(e, when=when, checkpoints=checkpoints) from None

@@ -4,70 +4,31 @@
 (load the data, build model + optimizer + schedule + checkpoint in one `strategy.scope()`, resume or
 initialize, record the run), then loop: step, log, evaluate, let the schedule adjust the learning rate,
 checkpoint. Step metrics stay on the device and are read back only when they are logged, so a GPU is not
-synchronised every step. Nothing here reads flags; `tools/train.py` turns flags into a `TrainConfig`.
+synchronised every step. What SIGTERM and Ctrl-C do in each phase is `alexnet_tf.shutdown`'s; the state a
+checkpoint holds is `alexnet_tf.train_state`'s. Nothing here reads flags; `tools/train.py` turns flags into
+a `TrainConfig`.
 """
 
 import contextlib
 import dataclasses
 import json
-import os
-import signal
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import (augmentation, checkpoints, cluster, config as config_lib, data, footprint, metrics,
-                        model as model_lib, optim, pipelines, placement, runs, service, shards, sources, statistics,
-                        steps, summaries, workdir as workdir_lib)
+from alexnet_tf import (augmentation, cluster, config as config_lib, data, footprint, metrics, optim, pipelines,
+                        placement, runs, service, shards, shutdown, sources, statistics, steps, summaries, train_state,
+                        workdir as workdir_lib)
 from alexnet_tf.metrics import NonFiniteLoss  # noqa: F401  (training.NonFiniteLoss: what a run raises)
-
-
-class Preempted(SystemExit):
-    """SIGTERM or SIGINT arrived; a checkpoint was written before exiting (status 128 + the signal)."""
-
-
-@dataclasses.dataclass
-class TrainState:
-    """What a checkpoint holds: the model, the optimizer (momentum slots, iteration, learning rate), the
-    step and the schedule's state."""
-    model: keras.Model
-    optimizer: keras.optimizers.Optimizer
-    step: tf.Variable
-    schedule: object
-    checkpoint: tf.train.Checkpoint
-
-
-def build_state(config, model_config, strategy, run_epochs=None):
-    """The TrainState of a run of `config` whose network is `model_config` (its classes set), in
-    `strategy`'s scope. `run_epochs`: the run's length, for a schedule that stretches to it.
-
-    The hybrid scheme (`config.hybrid`) creates it outside the scope: a strategy's variables live on its
-    replica's one device (measured, BUILD_NOTES.md "Hybrid parallelism"), and tower b's weights must live on
-    tower b's device. Each worker then holds its own copy, kept equal by all-reducing the gradients
-    (`steps.make_train_step(mirrored=False)`) and by `cluster.sync_from_chief`."""
-    with contextlib.nullcontext() if config.hybrid else strategy.scope():
-        model = model_lib.from_config(model_config, tower_devices=config.tower_devices, seed=config.seed)
-        optim.freeze_except(model, config.trained_layers)
-        schedule = optim.make_schedule(config, run_epochs)
-        conv1_scale = getattr(optim.checkpointed(schedule), "conv1_scale", None)
-        optimizer = optim.make_optimizer(
-            model.trainable_variables, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-            precision=config.mixed_precision, layer_scales={"conv1": conv1_scale} if conv1_scale is not None else None,
-            # The 2012 code's biases learn at twice the weights' starting rate, never lowered (epsB).
-            bias_learning_rate=2 * config.lr if model_config.recipe == "original_code" else None)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
-                                         schedule=optim.checkpointed(schedule))
-    return TrainState(model, optimizer, step, schedule, checkpoint)
 
 
 @dataclasses.dataclass
 class Run:
     """A run set up for the loop: what `train` returns beside the metrics."""
     config: config_lib.TrainConfig
-    state: TrainState
+    state: train_state.TrainState
     strategy: tf.distribute.Strategy
     chief: bool
     manager: tf.train.CheckpointManager
@@ -82,36 +43,34 @@ class Run:
     estimated_peak: int | None    # bytes, this process (None: not estimated, on a GPU)
     log: object
     records: dict | None = None   # a prepared dataset's TFRecord files by split, to name a damaged one
-
-
-class Terminated(BaseException):
-    """SIGTERM before the first step (a BaseException, like KeyboardInterrupt, so no `except Exception`
-    on the way swallows it)."""
+    window: metrics.Window = dataclasses.field(default_factory=metrics.Window)  # the steps since the last log
 
 
 def train(config, log=print):
     """Trains as `config` (a `TrainConfig`) says, resuming from the workdir's last checkpoint.
 
-    Returns (the final metrics, the `Run`). Keras' global precision policy is set for the run and
-    restored when it returns."""
+    Returns (the final metrics, the `Run`). SIGTERM and Ctrl-C end it with `shutdown.Stopped` (after a
+    checkpoint, once it trains). Keras' global precision policy is set for the run and restored when it
+    returns."""
     config.check()
-    with steps.precision_policy(config.mixed_precision):  # set before the model exists
-        if config.cpu_devices:
-            placement.split_cpu(config.cpu_devices)  # before the strategy starts TensorFlow's runtime
-        with _starting(config):
-            strategy = cluster.make_strategy(config, log)
-        chief = cluster.is_chief(strategy)
-        # One trainer per workdir: the chief holds the lock (multi-worker runs share the workdir).
-        with workdir_lib.WorkdirLock(config.workdir) if chief else contextlib.nullcontext():
-            with _starting(config) as starting:
-                run = _set_up(config, strategy, chief, log, starting)
-            with _stop_signals() as stop, _reported_in_one_line(run):
-                last_eval = _loop(run, stop)
-            last_eval = last_eval or run.evaluate()  # resumed after the last step: report without training
-            return _result(run, last_eval), run
+    multi_worker = config.strategy == "multi_worker"
+    with shutdown.Guard(multi_worker) as guard, steps.precision_policy(config.mixed_precision), \
+            contextlib.ExitStack() as held:
+        with guard.starting(), cluster.reported(multi_worker, when=" while starting"):
+            if config.cpu_devices:
+                placement.split_cpu(config.cpu_devices)  # before the strategy starts TensorFlow's runtime
+            strategy = cluster.make_strategy(config, log, guard)
+            chief = cluster.is_chief(strategy)
+            if chief:  # one trainer per workdir: the chief holds the lock (multi-worker runs share the workdir)
+                held.enter_context(workdir_lib.WorkdirLock(config.workdir))
+            run = _set_up(config, strategy, chief, log, guard)
+        with guard.looping(), _reported_in_one_line(run):
+            last_eval = _loop(run, guard)
+        last_eval = last_eval or run.evaluate()  # resumed after the last step: report without training
+        return _result(run, last_eval), run
 
 
-def _set_up(config, strategy, chief, log, starting):
+def _set_up(config, strategy, chief, log, guard):
     """Checks the workdir, loads the data, builds the state, resumes or initializes it, records the run and
     builds the pipelines and steps: everything the loop needs, as a `Run`."""
     if config.batch_size % strategy.num_replicas_in_sync:
@@ -120,10 +79,10 @@ def _set_up(config, strategy, chief, log, starting):
     workdir = Path(config.workdir)
     workdir_lib.check_resume(config, workdir_lib.recorded(workdir))
     if config.data_service:
-        with starting.interruptible():
+        with guard.interruptible():
             waited = service.wait_for(config.data_service, config.data_service_timeout)
         log(f"training input from the tf.data service at {config.data_service} (answered in {waited:.1f} s)")
-    with starting.interruptible():
+    with guard.interruptible():
         source = _load_data(config, log)
     if config.batch_size > source.num_train:  # it would never fill one batch, and the pipeline would wait
         raise ValueError(f"batch_size={config.batch_size}: larger than the training split of {source.name} "
@@ -131,14 +90,14 @@ def _set_up(config, strategy, chief, log, starting):
     steps_per_epoch = max(1, source.num_train // config.batch_size)
     total_steps = config.steps or max(1, int(round(config.epochs * steps_per_epoch)))
     model_config = dataclasses.replace(config.model, num_classes=source.num_classes)
-    state = build_state(config, model_config, strategy, run_epochs=total_steps / steps_per_epoch)
+    state = train_state.build_state(config, model_config, strategy, run_epochs=total_steps / steps_per_epoch)
     estimated_peak = _check_memory(config, state.model, strategy, log)  # before the statistics' long scan
-    with starting.interruptible():
+    with guard.interruptible():
         stats = _statistics(config, source, log)
     # Non-chief workers of a multi-worker run must save too (the save is a collective), into a scratch folder.
     scratch = None if chief else workdir / f"tmp_worker_{strategy.cluster_resolver.task_id}"
-    _resume_or_initialize(config, state, strategy, chief, scratch, log)
-    starting.check()  # before anything is written
+    train_state.resume_or_initialize(config, state, strategy, chief, scratch, log)
+    guard.check()  # before anything is written
     manager = tf.train.CheckpointManager(state.checkpoint, str(scratch or workdir / "checkpoints"), max_to_keep=3)
     if chief:
         runs.write_run(workdir, runs.RunRecord(
@@ -196,25 +155,6 @@ def _statistics(config, source, log):
     return stats
 
 
-def _resume_or_initialize(config, state, strategy, chief, scratch, log):
-    """Resumes from the newest checkpoint that restores completely (corrupt ones set aside, each said in one
-    line), or, in a fresh workdir, initializes from `init_from`. Resuming wins: a fine-tuning run never
-    re-imports over its progress. Every worker reads the chief's checkpoints (so a multi-worker run needs a
-    workdir they all see); the hybrid scheme's copies are then made equal to the chief's."""
-    ckpt_dir = Path(config.workdir) / "checkpoints"
-    if chief:
-        workdir_lib.remove_partial_saves(ckpt_dir, log)
-    elif scratch.exists():
-        tf.io.gfile.rmtree(str(scratch))  # a scratch save left by a worker that was killed
-    if resumed := checkpoints.restore_newest(state.checkpoint, ckpt_dir, log, set_aside=chief):
-        log(f"resumed from {resumed} at step {int(state.step.numpy())}")
-    elif config.init_from:
-        checkpoints.initialize_from(state.model, config.init_from, log)
-    if config.hybrid:
-        cluster.sync_from_chief(strategy, state.model.variables + state.optimizer.variables + [state.step]
-                                + list(optim.checkpointed(state.schedule).variables), chief)
-
-
 def _evaluator(model, strategy, val_ds, views, ten_crop, num_eval):
     """evaluate() -> {loss, top1_error, top5_error} over the validation set (batches of squares, cut into
     `views` in the step), across replicas and workers."""
@@ -230,76 +170,14 @@ def _evaluator(model, strategy, val_ds, views, ten_crop, num_eval):
     return evaluate
 
 
-class _Starting:
-    """SIGTERM while a run starts (connecting, loading, restoring): noted, and raised as Terminated at the next
-    `check()`, or at once inside `interruptible()` (the pure-Python phases: scanning files, the statistics).
-    Raised at once inside TensorFlow's own code it was measured to turn into pybind's "MISMATCH of original and
-    normalized active exception types", "cannot join current thread", or a segmentation fault."""
-
-    MESSAGE = ("stopped by SIGTERM while starting, before the first step; rerun the same command to start (or "
-               "resume) the run")
-
-    def __init__(self):
-        self.arrived, self._at_once = False, False
-
-    def handle(self, signum, frame):
-        self.arrived = True
-        if self._at_once:
-            raise Terminated(self.MESSAGE)
-
-    def check(self):
-        if self.arrived:
-            raise Terminated(self.MESSAGE)
-
-    @contextlib.contextmanager
-    def interruptible(self):
-        self.check()
-        self._at_once = True
-        try:
-            yield
-        finally:
-            self._at_once = False
-
-
-@contextlib.contextmanager
-def _starting(config):
-    """A `_Starting` handling SIGTERM until the block ends (then checked, and the previous handler back; the
-    loop's own handling, `_stop_signals`, takes over from there); a multi-worker run's peer lost meanwhile is
-    a ClusterError in one line."""
-    starting = _Starting()
-    previous = signal.signal(signal.SIGTERM, starting.handle)
-    try:
-        yield starting
-        starting.check()
-    except BaseException as e:
-        starting.check()  # a SIGTERM is the news, whatever it interrupted
-        if config.strategy == "multi_worker" and isinstance(e, tf.errors.OpError):
-            raise cluster.lost_contact(e, when=" while starting") from None
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _stop_signals():
-    """SIGTERM (preemption) and SIGINT (Ctrl-C) append to the list this yields; the loop finishes the
-    current step, checkpoints and exits. The previous handlers come back afterwards."""
-    arrived = []
-    handlers = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum))
-                for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield arrived
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-
-
 @contextlib.contextmanager
 def _reported_in_one_line(run):
     """What goes wrong in the loop, as the one line the user reads: a full disk (with the checkpoint that is
     safe), a lost worker of the cluster. A non-chief's scratch checkpoints are removed however it ends."""
     try:
-        yield
+        with cluster.reported(run.config.strategy == "multi_worker",
+                              checkpoints=Path(run.config.workdir) / "checkpoints"):
+            yield
     except BaseException as e:
         if run.chief:
             print(flush=True)  # end the progress bar's line, so what follows starts on a new one
@@ -307,8 +185,6 @@ def _reported_in_one_line(run):
             raise workdir_lib.WorkdirError(
                 f"no space left on device while writing {run.config.workdir}; the last complete checkpoint is "
                 f"{run.manager.latest_checkpoint or 'none yet'}") from None
-        if run.config.strategy == "multi_worker" and isinstance(e, tf.errors.OpError):
-            raise cluster.lost_contact(e, checkpoints=Path(run.config.workdir) / "checkpoints") from None
         if isinstance(e, tf.errors.DataLossError):
             raise _damaged(run, e) from None
         raise
@@ -320,7 +196,7 @@ def _reported_in_one_line(run):
 def _damaged(run, error):
     """A damaged file of the dataset met while training or evaluating (issue 32), as one line naming it (found
     by reading the dataset's files again) and the checkpoint of the training so far, written first."""
-    run.manager.save(checkpoint_number=int(run.state.step.numpy()))  # the step finished: a consistent state
+    _checkpoint(run)  # the step finished: a consistent state
     # Validation first: it is small, and an evaluation is where a damaged shard is met first; the training
     # split (262 GB of raw256 for ImageNet) is read only if the validation files are whole.
     records = run.records or {}
@@ -347,23 +223,15 @@ def is_time(step, every, last_step):
     return step % every == 0 or step == last_step
 
 
-def _preempted_everywhere(step, log):
-    """The multi-worker exit after the coordinated checkpoint: one line, then `Preempted`."""
-    def exit_fn():
-        log(f"\npreempted (SIGTERM or SIGINT on a worker of the cluster): every worker checkpointed at step "
-            f"{int(step.numpy())}; exiting. Rerun the same command on every worker to resume.")
-        raise Preempted(128 + signal.SIGTERM)
-
-    return exit_fn
-
-
 def _report_drop(run, at, learning_rate):
     run.log(f"\nstep {at}: learning rate divided by 10, now {float(learning_rate.numpy()):.2g}")
 
 
-def _log(run, s, window, progress, rate, learning_rate):
-    """Reads the window's means (the one wait for the device), shows them and writes them to TensorBoard."""
-    scalars = window.read(run.manager.latest_checkpoint)
+def _log(run, s, progress, rate, learning_rate):
+    """Reads the window's means (the one wait for the device), shows them and writes them to TensorBoard; a
+    new window starts."""
+    scalars = run.window.read(run.manager.latest_checkpoint)
+    run.window = metrics.Window()
     progress.update(s, [("loss", scalars["loss"]), ("img/s", rate.per_second()),
                         ("lr", float(learning_rate.numpy()))])
     summaries.write(run.writers[0], s, {
@@ -384,69 +252,63 @@ def _evaluate(run, s, learning_rate):
     return result
 
 
-def _loop(run, stop):
-    """Steps from `run.start` to the end; returns the last evaluation (None if no step was taken). `stop` is
-    the list of signals that arrived (`_stop_signals`)."""
-    config, step = run.config, run.state.step
+def _loop(run, guard):
+    """Steps from `run.start` to the end; returns the last evaluation (None if no step was taken). After a
+    step in which SIGTERM or Ctrl-C arrived (`guard`), checkpoints and raises `shutdown.Stopped`."""
+    config = run.config
     learning_rate = optim.learning_rate_of(run.state.optimizer)
     # All workers of a cluster must stop at the same step: TensorFlow's handler coordinates them.
-    preemption = (cluster.preemption_handler(run.strategy, run.state.checkpoint, run.manager,
-                                             _preempted_everywhere(step, run.log))
+    preemption = (cluster.preemption_handler(run.strategy, run.state.checkpoint, run.manager, guard,
+                                             step=lambda: int(run.state.step.numpy()))
                   if config.strategy == "multi_worker" else None)
-    if preemption is not None and stop:
-        # Arrived while the handler was being made (measured: a lone checkpoint, then the peer lost): it is
-        # the cluster's to coordinate, so hand it over.
-        stop.clear()
-        os.kill(os.getpid(), signal.SIGTERM)
     progress = keras.utils.Progbar(run.total_steps, stateful_metrics=["loss", "img/s", "lr"],
                                    verbose=1 if run.chief else 0, unit_name="step")
     progress.update(run.start)
-    window, rate, last_eval, s = metrics.Window(), metrics.Rate(), None, run.start
+    rate, last_eval, s = metrics.Rate(), None, run.start
+    run.window = metrics.Window()
     while s < run.total_steps:
         # The rate of the step to come, from the s steps taken so far.
         if run.state.schedule.after_step(learning_rate, s, s / run.steps_per_epoch):
             _report_drop(run, s, learning_rate)
-        batch = _next_batch(run, stop)
+        batch = _next_batch(run, guard)
         if batch is None:  # SIGTERM or Ctrl-C while the tf.data service sent nothing
-            run.manager.save(checkpoint_number=s)
-            raise _preempted(run, s, stop)
-        window.add(s + 1, run.train_step(*batch), config.batch_size)
+            raise guard.stopped_at(s, _checkpoint(run))
+        run.window.add(s + 1, run.train_step(*batch), config.batch_size)
         s += 1
-        step.assign(s)
-        rate.count(window, config.batch_size, run.manager.latest_checkpoint)
+        run.state.step.assign(s)
+        rate.count(run.window, config.batch_size, run.manager.latest_checkpoint)
         if is_time(s, config.log_every, run.total_steps):
-            _log(run, s, window, progress, rate, learning_rate)
-            window = metrics.Window()
+            _log(run, s, progress, rate, learning_rate)
         else:
             progress.update(s)
         if is_time(s, config.eval_every or run.steps_per_epoch, run.total_steps):
             last_eval = _evaluate(run, s, learning_rate)
-        if is_time(s, config.ckpt_every or config.eval_every or run.steps_per_epoch, run.total_steps) or stop:
-            if window.steps:
-                window.read(run.manager.latest_checkpoint)  # never save a state that went NaN
-            run.manager.save(checkpoint_number=s)
+        if is_time(s, config.ckpt_every or config.eval_every or run.steps_per_epoch, run.total_steps) or \
+                guard.stopping():
+            _checkpoint(run)
         if preemption is not None:
-            preemption.save_checkpoint_if_preempted(checkpoint_number=s)  # may save and raise Preempted
-        if stop:
-            raise _preempted(run, s, stop)
+            preemption.save_checkpoint_if_preempted(checkpoint_number=s)  # may save and raise Stopped
+        if guard.stopping():
+            raise guard.stopped_at(s, run.manager.latest_checkpoint)
     return last_eval
 
 
-def _preempted(run, s, stop):
-    run.log(f"\n{signal.Signals(stop[0]).name}: checkpoint written at step {s} ({run.manager.latest_checkpoint}); "
-            f"exiting")
-    return Preempted(128 + stop[0])
+def _checkpoint(run):
+    """Saves the state at its step (a finished one), never one that went NaN; returns the checkpoint's path."""
+    if run.window.steps:
+        run.window.read(run.manager.latest_checkpoint)  # raises NonFiniteLoss
+    return run.manager.save(checkpoint_number=int(run.state.step.numpy()))
 
 
-def _next_batch(run, stop):
+def _next_batch(run, guard):
     """The next training batch; None if a signal arrived while the tf.data service sent nothing. A service that
     sends nothing for --data_service_timeout seconds ends the run in one line, the training so far kept."""
     if not run.config.data_service:
         return next(run.train_iter)
     try:
         return service.next_batch(run.train_iter, run.config.data_service, timeout=run.config.data_service_timeout,
-                                  stopped=lambda: bool(stop), say=lambda line: run.log(f"\n{line}"))
+                                  stopped=guard.stopping, say=lambda line: run.log(f"\n{line}"))
     except service.ServiceError as e:
         if run.config.strategy != "multi_worker":  # a save is a collective there: the peers are not saving
-            run.manager.save(checkpoint_number=int(run.state.step.numpy()))
+            _checkpoint(run)
         raise service.ServiceError(f"{e}; the last checkpoint is {run.manager.latest_checkpoint}") from None

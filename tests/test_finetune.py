@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import checkpoints, config as cfg, runs, steps, training
+from alexnet_tf import checkpoints, config as cfg, runs, steps, train_state, training
 from alexnet_tf.model import build_alexnet, weight_layer_names
 from helpers import cli, tiny_config
 
@@ -64,7 +64,7 @@ def test_fc8_only_keeps_every_lower_weight_bit_identical_and_resumes(source, fiv
 @pytest.mark.parametrize("train_layers, backward_ops", [("fc6,fc7,fc8", False), ("all", True)])
 def test_no_backward_pass_below_the_lowest_trained_layer(tmp_path, shapes_folder, train_layers, backward_ops):
     config = tiny_config(tmp_path, shapes_folder, tmp_path, train_layers=train_layers)
-    state = training.build_state(config, dataclasses.replace(config.model, num_classes=10),
+    state = train_state.build_state(config, dataclasses.replace(config.model, num_classes=10),
                                  tf.distribute.get_strategy())
     trained = {v.path.split("/")[0] for v in state.model.trainable_variables}
     assert trained == ({f"fc{i}_{t}" for i in (6, 7) for t in "ab"} | {"fc8"} if train_layers != "all"

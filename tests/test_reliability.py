@@ -68,7 +68,7 @@ def test_a_corrupt_latest_checkpoint_is_skipped_when_loading_and_set_aside_when_
     messages and the exit codes once."""
     import dataclasses
 
-    from alexnet_tf import checkpoints, runs, training
+    from alexnet_tf import checkpoints, runs, train_state
 
     corrupt(workdir / "checkpoints" / "ckpt-6", how)
     logs = []
@@ -76,7 +76,7 @@ def test_a_corrupt_latest_checkpoint_is_skipped_when_loading_and_set_aside_when_
     assert len(logs) == 1 and re.search(r"skipped checkpoint .*ckpt-6: (missing|unreadable)", logs[0]), logs
 
     record, names = runs.read_run(workdir)
-    state = training.build_state(record.config, dataclasses.replace(record.model, num_classes=len(names)),
+    state = train_state.build_state(record.config, dataclasses.replace(record.model, num_classes=len(names)),
                                  tf.distribute.get_strategy())
     logs.clear()
     restored = checkpoints.restore_newest(state.checkpoint, workdir / "checkpoints", logs.append, set_aside=True)
@@ -192,7 +192,8 @@ def test_ctrl_c_checkpoints_and_exits_130_without_a_traceback(workdir, trained, 
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    m = re.search(r"SIGINT: checkpoint written at step (\d+)", out)
+    m = re.search(r"^alexnet-train: stopped by SIGINT at step (\d+): checkpoint written \(.*\); rerun the same command "
+                  r"to resume$", err, re.M)
     assert m and tf.train.latest_checkpoint(str(ckpts)).endswith(f"ckpt-{m.group(1)}"), out
 
 
@@ -555,11 +556,11 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_by_export_and_init_from
 
     import numpy as np
 
-    from alexnet_tf import checkpoints, runs, training
+    from alexnet_tf import checkpoints, runs, train_state
 
     # A trainer's checkpoint whose conv1_a kernel has one NaN, as a run that diverged between saves leaves it.
     record, names = runs.read_run(workdir)
-    state = training.build_state(record.config, dataclasses.replace(record.model, num_classes=len(names)),
+    state = train_state.build_state(record.config, dataclasses.replace(record.model, num_classes=len(names)),
                                  tf.distribute.get_strategy())
     state.checkpoint.restore(tf.train.latest_checkpoint(str(workdir / "checkpoints"))).expect_partial()
     kernel = state.model.get_layer("conv1_a").kernel
@@ -585,9 +586,9 @@ def test_init_from_errors_name_init_from(tmp_path):
 @pytest.mark.parametrize("phase", ["make_strategy", "load_dataset", "restore_newest"])
 def test_sigterm_while_a_run_starts_is_one_line_and_writes_nothing(workdir, shapes_folder, trained, monkeypatch,
                                                                    phase):
-    """SIGTERM in each start-up phase (connecting, the dataset, the restore of a resumed run): Terminated,
-    which alexnet-train prints as one line with 143, instead of dying without a word."""
-    from alexnet_tf import checkpoints, cluster, data, training
+    """SIGTERM in each start-up phase (connecting, the dataset, the restore of a resumed run): Stopped, which
+    alexnet-train prints as one line with 143, instead of dying without a word."""
+    from alexnet_tf import checkpoints, cluster, data, shutdown, training
     from helpers import tiny_config
 
     module = {"make_strategy": cluster, "load_dataset": data, "restore_newest": checkpoints}[phase]
@@ -605,10 +606,11 @@ def test_sigterm_while_a_run_starts_is_one_line_and_writes_nothing(workdir, shap
 
     previous = signal.signal(signal.SIGTERM, unhandled)
     try:
-        with pytest.raises(training.Terminated, match=r"^stopped by SIGTERM while starting, before the first step"):
+        with pytest.raises(shutdown.Stopped, match=r"^stopped by SIGTERM while starting, before the first step") as e:
             training.train(tiny_config(workdir, shapes_folder, trained / "data", steps=8, ckpt_every=2, eval_every=6,
                                        val_fraction=0.05), log=lambda *a: None)
         assert signal.getsignal(signal.SIGTERM) is unhandled  # the previous handler is back
+        assert e.value.status == 143
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before

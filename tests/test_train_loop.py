@@ -124,7 +124,7 @@ def test_sigkill_mid_run_then_rerun_continues_from_the_last_checkpoint(tmp_path,
     # and writing the restored state back gives the checkpoint's values exactly
     # (a variable that failed to restore would come back freshly initialized).
     config = tiny_config(tmp_path / "run", shapes_folder, tmp_path / "data")
-    state = training.build_state(config, dataclasses.replace(config.model, num_classes=10), tf.distribute.get_strategy())
+    state = train_state.build_state(config, dataclasses.replace(config.model, num_classes=10), tf.distribute.get_strategy())
     state.checkpoint.restore(latest).assert_existing_objects_matched()
     assert int(state.step.numpy()) == saved
     momentum = [v for v in state.optimizer.variables if "momentum" in v.path]
@@ -156,7 +156,7 @@ def test_sigterm_writes_a_final_checkpoint(tmp_path, shapes_folder):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    m = re.search(r"SIGTERM: checkpoint written at step (\d+)", out + err)
+    m = re.search(r"stopped by SIGTERM at step (\d+): checkpoint written", err)
     assert m, out + err
     assert max(checkpoint_steps(ckpts)) == int(m.group(1))
     assert tf.train.latest_checkpoint(str(ckpts)).endswith(f"ckpt-{m.group(1)}")

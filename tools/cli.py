@@ -12,6 +12,8 @@ the console script around it.
   still governs TensorFlow's later C++ lines. Warnings still show.
 - A library error whose message starts with `name=value` names the flag of the same name; `error` prints
   it as `--name=value`.
+- How a library exception ends a tool is one table, `EXIT_STATUS`: `main` prints the error's one line and
+  returns its status for any exception the table names, so a tool catches only what it says differently.
 """
 
 import os
@@ -30,6 +32,49 @@ def flag_values():
                          "for debug (default: only warnings, and none of TensorFlow's start-up lines).",
                          flag_values=values)
     return values
+
+
+# The exit status each exception a tool's work may raise ends it with: 2, a value the user gave is wrong; 1,
+# the work failed; a stop by signal, 128 + the signal (the exception's own `status`: 143 SIGTERM, 130 Ctrl-C).
+# Looked up by the error's class, then by the classes it derives from, by name: importing them would import
+# TensorFlow before a tool's flags are checked.
+EXIT_STATUS = {
+    "alexnet_tf.shutdown.Stopped": "status",
+    "KeyboardInterrupt": 130,
+    "alexnet_tf.rendezvous.ClusterError": 1,
+    "alexnet_tf.sources.DatasetError": 1,          # alexnet_tf.service.ServiceError too
+    "alexnet_tf.metrics.NonFiniteLoss": 1,
+    "alexnet_tf.export.ExportError": 1,
+    "alexnet_tf.pretrained.WeightsError": 1,
+    "alexnet_tf.predict.PredictError": 2,
+    "alexnet_tf.workdir.WorkdirError": 2,
+    "ValueError": 2,                                # a value only the library could check (e.g. a device)
+    "OSError": 1,
+    "tensorflow.python.framework.errors_impl.OpError": 1,
+}
+
+
+def status_of(error):
+    """The exit status `error` ends a tool with (EXIT_STATUS), or None if the table does not name it."""
+    for kind in type(error).__mro__:
+        status = EXIT_STATUS.get(kind.__qualname__ if kind.__module__ == "builtins" else
+                                 f"{kind.__module__}.{kind.__qualname__}")
+        if status is not None:
+            return getattr(error, status) if isinstance(status, str) else status
+    return None
+
+
+def fail(name, exc, message=None):
+    """Prints the one line of `exc` (`message` if given: what the tool says of it) and returns its exit
+    status (`status_of`)."""
+    if isinstance(exc, KeyboardInterrupt):
+        sys.stdout.write("\n")
+        print(f"{name}: interrupted", file=sys.stderr)
+    elif type(exc).__name__ == "Stopped":  # not an error: when it stopped, what was kept, how to go on
+        print(f"{name}: {message or exc}", file=sys.stderr)
+    else:
+        error(name, message or exc)
+    return status_of(exc)
 
 
 def error(name, message):
@@ -110,8 +155,8 @@ def _help(values, doc, full):
 
 def main(name, values, argv, body, doc):
     """A tool's main: parses `argv` into `values` (a bad flag is one line and status 2; --help prints `doc`
-    and the flags, status 0), then returns `body(positional arguments)`, an exit status. Ctrl-C outside the
-    training loop (which checkpoints and exits itself) is one line and status 130."""
+    and the flags, status 0), then returns `body(positional arguments)`, an exit status. An exception that
+    `EXIT_STATUS` names is its one line and its status (Ctrl-C: "interrupted", 130)."""
     if any(a in ("--help", "-h", "--helpshort", "-?", "--helpfull") for a in argv[1:]):
         _help(values, doc, "--helpfull" in argv[1:])
         return 0
@@ -124,10 +169,10 @@ def main(name, values, argv, body, doc):
     _set_verbosity(values)
     try:
         return body(rest[1:])
-    except KeyboardInterrupt:
-        sys.stdout.write("\n")
-        print(f"{name}: interrupted", file=sys.stderr)
-        return 130
+    except BaseException as e:  # noqa: BLE001  the table decides; anything else is a bug: its traceback
+        if status_of(e) is None:
+            raise
+        return fail(name, e)
 
 
 def run(tool_main):

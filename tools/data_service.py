@@ -12,12 +12,12 @@ It serves until SIGTERM or Ctrl-C.
 """
 
 import os
-import signal
 import sys
 import threading
 
 from absl import flags
 
+from alexnet_tf import shutdown
 from tools import cli
 
 FLAGS = cli.flag_values()
@@ -36,10 +36,10 @@ flags.DEFINE_float("dispatcher_timeout", 60, "Worker: seconds to wait for the di
 
 
 def main(argv):
-    return cli.main("alexnet-data-service", FLAGS, argv, _serve, __doc__)
+    return cli.main("alexnet-data-service", FLAGS, argv, _data_service, __doc__)
 
 
-def _serve(args):
+def _data_service(args):
     name = "alexnet-data-service"
     if args:
         cli.error(name, f"unexpected arguments: {' '.join(args)}")
@@ -57,7 +57,12 @@ def _serve(args):
         cli.error(name, e)
         return 2
     stop = threading.Event()
-    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    with shutdown.on_signal(stop.set):
+        return _serve(name, stop)
+
+
+def _serve(name, stop):
+    """Starts the server the flags ask for and serves until `stop` is set."""
     cli.start_tensorflow(FLAGS)
     from alexnet_tf import service
 
@@ -85,11 +90,7 @@ def _serve(args):
         print("stopped" if not stopping.is_alive() else f"stopped (the server did not finish within {STOP_WITHIN} s)",
               flush=True)
     except service.ServiceError as e:
-        cli.error(name, e)
-        return 1
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+        return cli.fail(name, e)
     return 0
 
 

@@ -12,8 +12,7 @@ the paper's value, to the embedded dataset's recipe when training on it, or to t
 TensorFlow starts.
 """
 
-import signal
-
+from alexnet_tf import shutdown
 from tools import cli, train_flags
 
 FLAGS = cli.flag_values()
@@ -36,47 +35,29 @@ def _train(args):
         cli.error("alexnet-train", e)
         return 2
 
-    if config.strategy == "multi_worker":
-        # TensorFlow's threads inherit this: none of them will take a SIGTERM for TensorFlow's own preemption
-        # notifier while the cluster starts (alexnet_tf.cluster._when_peers_answer unblocks it in this thread).
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    cli.start_tensorflow(FLAGS)
-    import tensorflow as tf
+    # A multi-worker run's SIGTERM is blocked before TensorFlow starts its threads (alexnet_tf.shutdown says why).
+    with shutdown.sigterm_blocked(config.strategy == "multi_worker"):
+        cli.start_tensorflow(FLAGS)
+        from alexnet_tf import training
 
-    from alexnet_tf import cluster, export, sources, training
-    from alexnet_tf.sources import DatasetError
-
-    try:
         result, _ = training.train(config)
-    except cluster.ClusterError as e:
-        cli.error("alexnet-train", e)
-        return e.status
-    except training.Terminated as e:
-        cli.error("alexnet-train", e)
-        tf.get_logger().setLevel("ERROR")  # not "a tf.train.Checkpoint is being deleted with unrestored values"
-        return 128 + signal.SIGTERM
-    except (DatasetError, training.NonFiniteLoss) as e:
-        cli.error("alexnet-train", e)
-        return 1
-    except ValueError as e:  # a bad value that only the library could check (e.g. a missing device)
-        cli.error("alexnet-train", e)
-        return 2
-    finally:  # however it ended before the strategy existed (a tool may run inside another program)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     print(f"\nvalidation accuracy: {result['validation_accuracy']:.4f} "
           f"(top-5 error {result['validation_top5_error']:.4f}) after {result['step']} steps")
     print(f"workdir: {result['workdir']}")
     print(f"checkpoint: {result['checkpoint']}")
     if FLAGS.export_dir and result["chief"]:
+        import tensorflow as tf
+
+        from alexnet_tf import export, sources
+
         if result["step"] > result["start_step"] or export.next_version(FLAGS.export_dir) == 1:
             try:
                 model, _, record = export.load_trained(result["workdir"], result["checkpoint"])
                 print(f"SavedModel: {export.export_savedmodel(model, record, FLAGS.export_dir)}")
             except (export.ExportError, OSError, tf.errors.OpError) as e:
-                cli.error("alexnet-train", f"--export_dir={FLAGS.export_dir}: the export failed ({sources.reason(e)}); the "
-                                           f"trained checkpoint is safe in {result['checkpoint']}: export it later "
-                                           f"with alexnet-export --workdir={result['workdir']} --export_dir=...")
-                return 1
+                return cli.fail("alexnet-train", e, f"--export_dir={FLAGS.export_dir}: the export failed "
+                                f"({sources.reason(e)}); the trained checkpoint is safe in {result['checkpoint']}: "
+                                f"export it later with alexnet-export --workdir={result['workdir']} --export_dir=...")
     print(f"TensorBoard: tensorboard --logdir {result['workdir']}")
     return 0
 
