@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import model as model_lib, runs, workdir as workdir_lib
-from alexnet_tf.runs import WorkdirError
+from alexnet_tf.workdir import WorkdirError
 
 
 def load_model(workdir, checkpoint=None, log=print, *, flag="workdir", inference=True, tower_devices=None,

@@ -11,7 +11,6 @@ embedded dataset's is sized to finish in minutes on a 2-core CPU (BUILD_NOTES.md
 """
 
 import dataclasses
-import json
 import math
 import re
 from pathlib import Path
@@ -230,22 +229,11 @@ PREPARED_RECORD = "alexnet_tf_prepared.json"
 
 def recipe_defaults(dataset, init_from=None):
     """The recipe's values of RECIPE_FIELDS for training on `dataset` (fine-tuning with `init_from`). A
-    prepared dataset trains with its source's recipe."""
+    prepared dataset's caller passes the dataset it was prepared from (`runs.prepared_source`), whose recipe
+    it trains with."""
     if init_from:
         return dict(FINETUNE_RECIPE)
-    return dict(EMBEDDED_RECIPE if prepared_source(dataset) == EMBEDDED_DATASET else PAPER_RECIPE)
-
-
-def prepared_source(dataset):
-    """The dataset a `prepared:PATH` dataset was prepared from (as its record says; the name itself if it is
-    not one, or its record cannot be read yet)."""
-    if not dataset.startswith(PREPARED_PREFIX):
-        return dataset
-    try:
-        return json.loads((Path(dataset[len(PREPARED_PREFIX):]).expanduser() / PREPARED_RECORD)
-                          .read_text())["source"]
-    except (OSError, ValueError, KeyError):
-        return dataset
+    return dict(EMBEDDED_RECIPE if dataset == EMBEDDED_DATASET else PAPER_RECIPE)
 
 
 def slug(name):

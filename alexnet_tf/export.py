@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import checkpoints, layers, workdir as workdir_lib
-from alexnet_tf.runs import WorkdirError
+from alexnet_tf.workdir import WorkdirError
 from alexnet_tf.model import FC_LAYERS, FEATURES_LAYER, POOL5_LAYER
 from alexnet_tf.placement import device_free
 from alexnet_tf.preprocessing import Preprocessing

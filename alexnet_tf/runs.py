@@ -12,8 +12,22 @@ import json
 import os
 from pathlib import Path
 
-from alexnet_tf.config import (EMBEDDED_DATASET, MODEL_FLAGS, PRESETS, ModelConfig, TrainConfig, default_workdir,
-                               recipe_defaults)
+from alexnet_tf import workdir as workdir_lib
+from alexnet_tf.config import (EMBEDDED_DATASET, MODEL_FLAGS, PREPARED_PREFIX, PREPARED_RECORD, PRESETS, ModelConfig,
+                               TrainConfig, default_workdir, recipe_defaults)
+from alexnet_tf.workdir import WorkdirError
+
+
+def prepared_source(dataset):
+    """The dataset a `prepared:PATH` dataset was prepared from (as its record says; the name itself if it is
+    not one, or its record cannot be read yet)."""
+    if not dataset.startswith(PREPARED_PREFIX):
+        return dataset
+    try:
+        return json.loads((Path(dataset[len(PREPARED_PREFIX):]).expanduser() / PREPARED_RECORD)
+                          .read_text())["source"]
+    except (OSError, ValueError, KeyError):
+        return dataset
 
 
 def make_config(**values):
@@ -27,7 +41,7 @@ def make_config(**values):
     if unknown:
         raise TypeError(f"make_config: unknown field(s) {', '.join(unknown)}")
     dataset = given.get("dataset", EMBEDDED_DATASET)
-    merged = {**recipe_defaults(dataset, given.get("init_from")), **given}
+    merged = {**recipe_defaults(prepared_source(dataset), given.get("init_from")), **given}
     base = merged.pop("model", ModelConfig())
     if given.get("init_from"):
         # The model must be the one the weights were trained as: its sizes and variant.
@@ -64,10 +78,6 @@ def resume_conflicts(config, recorded):
     return conflicts + [(f, getattr(recorded.model, f), getattr(config.model, f)) for f in MODEL_FLAGS
                         if getattr(recorded.model, f) != getattr(config.model, f)]
 
-
-
-class WorkdirError(ValueError):
-    """A workdir, or a file in it, that cannot be used; the message names it (as `flag=path`) and says why."""
 
 
 @dataclasses.dataclass
@@ -160,3 +170,32 @@ def _read_json(path, kind, flag):
     if not isinstance(value, kind):
         raise WorkdirError(f"{flag}={path.parent}: {path.name} holds a {type(value).__name__}, not a {kind.__name__}")
     return value
+
+
+def recorded(workdir):
+    """The workdir's RunRecord, or None where it has no config.json yet (a fresh run)."""
+    if not (Path(workdir) / "config.json").exists():
+        return None
+    return read_run(workdir)[0]
+
+
+def check_resume(config, recorded_run):
+    """Refuses, in one line naming each flag, to train in an imported workdir, or to resume with settings
+    that change the model, the data or the optimizer state."""
+    if recorded_run is None:
+        return
+    if recorded_run.imported_from:
+        raise WorkdirError(f"workdir={config.workdir}: holds weights imported by alexnet-import; fine-tune them into "
+                           f"a new workdir with --init_from={config.workdir}")
+    if not workdir_lib.checkpoints_on_disk(Path(config.workdir) / "checkpoints"):
+        return
+    conflicts = resume_conflicts(config, recorded_run.config)
+    if conflicts:
+        changes = "; ".join(f"--{f}={_flag(new)} (recorded: {_flag(old)})" for f, old, new in conflicts)
+        raise WorkdirError(f"workdir={config.workdir}: cannot resume with changed settings: {changes}. Rerun with "
+                           f"the recorded values, or use a new --workdir; only --steps, --epochs, logging, "
+                           f"evaluation and placement may change on resume")
+
+
+def _flag(value):
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else "none" if value is None else value

@@ -77,7 +77,7 @@ def _set_up(config, strategy, chief, log, guard):
         raise ValueError(f"batch_size={config.batch_size} must divide evenly over "
                          f"{strategy.num_replicas_in_sync} replicas")
     workdir = Path(config.workdir)
-    workdir_lib.check_resume(config, workdir_lib.recorded(workdir))
+    runs.check_resume(config, runs.recorded(workdir))
     if config.data_service:
         with guard.interruptible():
             waited = service.wait_for(config.data_service, config.data_service_timeout)

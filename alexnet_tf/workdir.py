@@ -1,4 +1,5 @@
-"""A training workdir: its layout, the lock one trainer holds on it, and the rules for resuming in it.
+"""A training workdir: its layout, the lock one trainer holds on it, its checkpoints on disk, and what a full
+disk looks like. (The rules for resuming in one are `alexnet_tf.runs`': they compare run records.)
 No TensorFlow here: the checkpoints' contents are `alexnet_tf.checkpoints`' business.
 
 Layout (written by `alexnet-train` and `alexnet-import`):
@@ -15,8 +16,10 @@ import re
 import shutil
 from pathlib import Path
 
-from alexnet_tf import runs
-from alexnet_tf.runs import WorkdirError
+
+
+class WorkdirError(ValueError):
+    """A workdir, or a file in it, that cannot be used; the message names it (as `flag=path`) and says why."""
 
 
 def alive(pid):
@@ -33,13 +36,6 @@ def alive(pid):
 def no_space(error):
     """Whether `error` (an OSError or a TensorFlow error) means the disk is full."""
     return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
-
-
-def recorded(workdir):
-    """The workdir's RunRecord, or None where it has no config.json yet (a fresh run)."""
-    if not (Path(workdir) / "config.json").exists():
-        return None
-    return runs.read_run(workdir)[0]
 
 
 def checkpoints_on_disk(ckpt_dir):
@@ -111,29 +107,3 @@ class WorkdirLock:
             for folder in self._created:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
-
-
-# ----------------------------------------------------------------------------
-# Resuming
-# ----------------------------------------------------------------------------
-
-def check_resume(config, recorded_run):
-    """Refuses, in one line naming each flag, to train in an imported workdir, or to resume with settings
-    that change the model, the data or the optimizer state."""
-    if recorded_run is None:
-        return
-    if recorded_run.imported_from:
-        raise WorkdirError(f"workdir={config.workdir}: holds weights imported by alexnet-import; fine-tune them into "
-                           f"a new workdir with --init_from={config.workdir}")
-    if not checkpoints_on_disk(Path(config.workdir) / "checkpoints"):
-        return
-    conflicts = runs.resume_conflicts(config, recorded_run.config)
-    if conflicts:
-        changes = "; ".join(f"--{f}={_flag(new)} (recorded: {_flag(old)})" for f, old, new in conflicts)
-        raise WorkdirError(f"workdir={config.workdir}: cannot resume with changed settings: {changes}. Rerun with "
-                           f"the recorded values, or use a new --workdir; only --steps, --epochs, logging, "
-                           f"evaluation and placement may change on resume")
-
-
-def _flag(value):
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else "none" if value is None else value

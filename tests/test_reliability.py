@@ -557,6 +557,7 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_by_export_and_init_from
     import numpy as np
 
     from alexnet_tf import checkpoints, runs, train_state
+    from alexnet_tf.workdir import WorkdirError
 
     # A trainer's checkpoint whose conv1_a kernel has one NaN, as a run that diverged between saves leaves it.
     record, names = runs.read_run(workdir)
@@ -567,7 +568,7 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_by_export_and_init_from
     kernel.assign(np.where(np.arange(kernel.numpy().size).reshape(kernel.shape) == 0, np.nan, kernel.numpy()))
     broken = state.checkpoint.write(str(workdir / "checkpoints" / "broken"))
     for flag in ("workdir", "init_from"):
-        with pytest.raises(runs.WorkdirError, match=rf"{flag}=.*broken: non-finite weights \(NaN or inf\) in "
+        with pytest.raises(WorkdirError, match=rf"{flag}=.*broken: non-finite weights \(NaN or inf\) in "
                                                     r"conv1_a/kernel; "):
             checkpoints.load_model(workdir, broken, log=lambda *_: None, flag=flag)
     proc = cli("export", f"--workdir={workdir}", f"--checkpoint={broken}", f"--export_dir={tmp_path}/export")
@@ -577,9 +578,10 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_by_export_and_init_from
 
 def test_init_from_errors_name_init_from(tmp_path):
     from alexnet_tf import runs
+    from alexnet_tf.workdir import WorkdirError
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(runs.WorkdirError, match=r"^init_from=.*empty: no config\.json"):
+    with pytest.raises(WorkdirError, match=r"^init_from=.*empty: no config\.json"):
         runs.make_config(init_from=str(tmp_path / "empty"), dataset="folder:/x")
 
 

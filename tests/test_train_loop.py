@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import config as cfg, training, workdir
+from alexnet_tf import config as cfg, train_state, training, workdir
 from helpers import cli as run_cli, tiny_config
 
 
