@@ -32,7 +32,7 @@ from alexnet_tf import checkpoints, layers, workdir as workdir_lib
 from alexnet_tf.workdir import WorkdirError
 from alexnet_tf.model import FC_LAYERS, FEATURES_LAYER, POOL5_LAYER
 from alexnet_tf.placement import device_free
-from alexnet_tf.preprocessing import Preprocessing
+from alexnet_tf.sidecar import Preprocessing
 
 TFLITE_KINDS = ("float32", "float16", "dynamic", "int8")
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from alexnet_tf import images as images_lib, preprocessing
 from alexnet_tf.config import MAX_PIXELS
-from alexnet_tf.preprocessing import Preprocessing
+from alexnet_tf.sidecar import Preprocessing
 
 
 class PredictError(ValueError):

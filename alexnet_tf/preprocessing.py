@@ -11,11 +11,8 @@ float32 RGB in [0, 255] until the mean is subtracted.
   reference for the batched version the train step runs, `alexnet_tf.augmentation`).
 - Evaluation: the centre crop, or the ten views (four corners, centre, and
   their mirror images) whose softmax outputs the paper averages.
-- `Preprocessing`: the record of what an exported model expects (sizes, mean,
-  class names), stored beside it.
+(What an exported model expects of its input is `alexnet_tf.sidecar.Preprocessing`.)
 """
-
-import dataclasses
 
 import tensorflow as tf
 
@@ -122,29 +119,3 @@ def eval_view(square, *, crop, mean, ten_crop=False):
     subtracted."""
     image = tf.cast(square, tf.float32) - tf.convert_to_tensor(mean, tf.float32)
     return ten_crops(image, crop, image.shape[0] or tf.shape(image)[0]) if ten_crop else center_crop(image, crop)
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-    """What an exported model expects of its input and names its outputs by: the evaluation preprocessing's
-    sizes and mean, and the class names. alexnet-export stores it beside each model (`to_json`), and
-    alexnet-predict reads it back (`from_json`)."""
-    image_size: int
-    resize: int
-    mean: tuple
-    class_names: tuple
-
-    def view(self, image_bytes, ten_crop=False):
-        """The model's input for one encoded image: its central square, then the centre crop or ten views."""
-        return eval_view(decode_center_256(image_bytes, self.resize), crop=self.image_size, mean=self.mean,
-                         ten_crop=ten_crop)
-
-    def to_json(self):
-        return {"image_size": self.image_size, "resize": self.resize, "mean": list(self.mean),
-                "num_classes": len(self.class_names), "class_names": list(self.class_names)}
-
-    @classmethod
-    def from_json(cls, meta, class_names=None):
-        """From `to_json`'s dict; a KeyError names a missing field."""
-        return cls(image_size=int(meta["image_size"]), resize=int(meta["resize"]), mean=tuple(meta["mean"]),
-                   class_names=tuple(class_names if class_names is not None else meta["class_names"]))

@@ -16,6 +16,7 @@ on the workers, file reads included) and read what the workers produce. Run them
 """
 
 import errno
+import queue
 import socket
 import threading
 import time
@@ -87,37 +88,50 @@ def wait_for(address, timeout, what="data_service"):
     return time.monotonic() - started
 
 
-def next_batch(iterator, address, *, timeout, stopped, say, quiet_after=10.0):
-    """next(iterator) of a dataset the service at `address` produces, without waiting for ever: says once
-    (`say`) when nothing came for `quiet_after` s, raises ServiceError after `timeout` s, and returns None as
-    soon as `stopped()` (a signal arrived). The service's own client waits for ever for a worker that died or
-    cannot read its input (issue 32), so the wait happens in a thread and this one keeps watch."""
-    box, done = {}, threading.Event()
+def watched(iterator, address, *, timeout, stopped, say, quiet_after=10.0):
+    """The batches of `iterator` (a dataset the service at `address` produces), each without waiting for ever:
+    says once (`say`) when nothing came for `quiet_after` s, raises ServiceError after `timeout` s, and yields
+    None as soon as `stopped()` (a signal arrived). The service's own client waits for ever for a worker that
+    died or cannot read its input (issue 32), so one fetching thread waits for it and this one keeps watch."""
+    wanted, fetched = queue.SimpleQueue(), queue.SimpleQueue()
 
     def fetch():
-        try:
-            box["batch"] = next(iterator)
-        except BaseException as e:  # noqa: BLE001  handed to the caller
-            box["error"] = e
-        finally:
-            done.set()
+        while wanted.get():
+            try:
+                fetched.put((next(iterator), None))
+            except BaseException as e:  # noqa: BLE001  handed to the caller
+                fetched.put((None, e))
 
-    threading.Thread(target=fetch, name="data_service_batch", daemon=True).start()
+    # A daemon: one stuck in the service's client must not keep the process alive at exit.
+    threading.Thread(target=fetch, name="data_service_batches", daemon=True).start()
+    try:
+        while True:
+            wanted.put(True)
+            yield _watch(fetched, address, timeout, stopped, say, quiet_after)
+    finally:
+        wanted.put(False)
+
+
+def _watch(fetched, address, timeout, stopped, say, quiet_after):
     started, said = time.monotonic(), False
-    while not done.wait(0.2):
-        if stopped():
-            return None
-        waited = time.monotonic() - started
-        if not said and waited >= min(quiet_after, timeout / 2):
-            say(f"no batch from the tf.data service at {address} for {waited:.0f} s: are its workers running "
-                f"and can they read the dataset? (waiting up to --data_service_timeout={timeout:g} s)")
-            said = True
-        if waited >= timeout:
-            raise ServiceError(f"data_service={address}: no batch from its workers for {timeout:g} s (a worker died, "
-                               f"none is registered, or they cannot read the dataset's files)")
-    if "error" in box:
-        raise box["error"]
-    return box["batch"]
+    while True:
+        try:
+            batch, error = fetched.get(timeout=0.2)
+        except queue.Empty:
+            if stopped():
+                return None
+            waited = time.monotonic() - started
+            if not said and waited >= min(quiet_after, timeout / 2):
+                say(f"no batch from the tf.data service at {address} for {waited:.0f} s: are its workers running "
+                    f"and can they read the dataset? (waiting up to --data_service_timeout={timeout:g} s)")
+                said = True
+            if waited >= timeout:
+                raise ServiceError(f"data_service={address}: no batch from its workers for {timeout:g} s (a worker "
+                                   f"died, none is registered, or they cannot read the dataset's files)") from None
+            continue
+        if error is not None:
+            raise error
+        return batch
 
 
 def distribute(dataset, address, job_name):

@@ -112,13 +112,22 @@ def _set_up(config, strategy, chief, log, guard):
     augment, views = augmentation.for_run(config, stats, step=state.step, colour_noise_until=(
         calendar.colour_noise_until(steps_per_epoch) if hasattr(calendar, "colour_noise_until") else None))
     return Run(config=config, state=state, strategy=strategy, chief=chief, manager=manager, scratch=scratch,
-               train_iter=iter(strategy.experimental_distribute_dataset(train_ds)),
+               train_iter=_batches(config, strategy, train_ds, guard, log),
                train_step=steps.make_train_step(state.model, state.optimizer, global_batch_size=config.batch_size,
                                                 strategy=strategy, jit=config.jit, mirrored=not config.hybrid,
                                                 augment=augment),
                evaluate=_evaluator(state.model, strategy, val_ds, views, config.ten_crop, num_eval),
                writers=summaries.writers(workdir, chief), start=start, steps_per_epoch=steps_per_epoch,
                total_steps=total_steps, estimated_peak=estimated_peak, log=log, records=source.records)
+
+
+def _batches(config, strategy, train_ds, guard, log):
+    """The training batches, watched for a tf.data service that sends nothing (`service.watched`)."""
+    batches = iter(strategy.experimental_distribute_dataset(train_ds))
+    if not config.data_service:
+        return batches
+    return service.watched(batches, config.data_service, timeout=config.data_service_timeout,
+                           stopped=guard.stopping, say=lambda line: log(f"\n{line}"))
 
 
 def _check_memory(config, model, strategy, log):
@@ -270,7 +279,7 @@ def _loop(run, guard):
         # The rate of the step to come, from the s steps taken so far.
         if run.state.schedule.after_step(learning_rate, s, s / run.steps_per_epoch):
             _report_drop(run, s, learning_rate)
-        batch = _next_batch(run, guard)
+        batch = _next_batch(run)
         if batch is None:  # SIGTERM or Ctrl-C while the tf.data service sent nothing
             raise guard.stopped_at(s, _checkpoint(run))
         run.window.add(s + 1, run.train_step(*batch), config.batch_size)
@@ -300,14 +309,11 @@ def _checkpoint(run):
     return run.manager.save(checkpoint_number=int(run.state.step.numpy()))
 
 
-def _next_batch(run, guard):
+def _next_batch(run):
     """The next training batch; None if a signal arrived while the tf.data service sent nothing. A service that
     sends nothing for --data_service_timeout seconds ends the run in one line, the training so far kept."""
-    if not run.config.data_service:
-        return next(run.train_iter)
     try:
-        return service.next_batch(run.train_iter, run.config.data_service, timeout=run.config.data_service_timeout,
-                                  stopped=guard.stopping, say=lambda line: run.log(f"\n{line}"))
+        return next(run.train_iter)
     except service.ServiceError as e:
         if run.config.strategy != "multi_worker":  # a save is a collective there: the peers are not saving
             _checkpoint(run)

@@ -37,7 +37,7 @@ def tiny_config(workdir, dataset_dir, data_dir, **overrides):
 
 def tiny_preprocessing(num_classes=10, mean=(0.0, 0.0, 0.0)):
     """The Preprocessing record an export of the tiny preset takes: 67-pixel crops of a 76-pixel square."""
-    from alexnet_tf.preprocessing import Preprocessing
+    from alexnet_tf.sidecar import Preprocessing
 
     return Preprocessing(image_size=67, resize=76, mean=tuple(mean), class_names=tuple(f"c{i}" for i in range(num_classes)))
 

@@ -143,7 +143,7 @@ def serving_models(num_classes=1000, *, repeats=10, warmup=2, kinds=None, width=
 
     from alexnet_tf import export
     from alexnet_tf.model import build_alexnet
-    from alexnet_tf.preprocessing import Preprocessing
+    from alexnet_tf.sidecar import Preprocessing
 
     model = build_alexnet(num_classes, seed=0, width=width, image_size=image_size)
     size = model.input_shape[1]
