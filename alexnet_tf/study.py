@@ -64,19 +64,11 @@ def run_study(base, variants, root, log=print):
 def _curves(workdir):
     """(validation top-1 error by step, mean train images/s) from the variant's TensorBoard event files."""
     import numpy as np
-    import tensorflow as tf
 
-    def scalars(folder, tag):
-        found = {}
-        for path in sorted(tf.io.gfile.glob(f"{folder}/events.out.tfevents.*")):
-            for event in tf.compat.v1.train.summary_iterator(path):
-                for value in event.summary.value:
-                    if value.tag == tag:
-                        found[event.step] = float(tf.make_ndarray(value.tensor))
-        return sorted(found.items())
+    from alexnet_tf.summaries import read_scalars
 
-    rates = [v for _, v in scalars(workdir / "train", "images_per_second")]
-    return {"curve": scalars(workdir / "validation", "top1_error"),
+    rates = [v for _, v in read_scalars(workdir / "train", "images_per_second")]
+    return {"curve": read_scalars(workdir / "validation", "top1_error"),
             "images_per_second": float(np.median(rates)) if rates else math.nan}
 
 

@@ -58,6 +58,19 @@ def write(writer, step, scalars, model=None, images=False):
     writer.flush()
 
 
+def read_scalars(folder, tag):
+    """[(step, value)] of scalar `tag` in the TensorBoard event files of `folder` (a run's train/ or
+    validation/), by step: what the run logged, read back for a plot or a table."""
+    found = {}
+    for path in sorted(tf.io.gfile.glob(f"{folder}/events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.tag == tag:
+                    found[event.step] = float(tf.make_ndarray(value.tensor))
+    return sorted(found.items())
+
+
 def writers(workdir, chief):
     """(train, validation) summary writers under the workdir; no-op writers on a non-chief worker."""
     if not chief:

@@ -13,6 +13,17 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup): each module's tests stay together
+# on one worker (its module-scoped fixtures are made once), and the modules that start clusters of trainers
+# share one group, so that two clusters never compete for the same two cores (their collectives time out).
+CLUSTER_MODULES = {"test_distributed", "test_hybrid", "test_service"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        item.add_marker(pytest.mark.xdist_group("cluster" if module in CLUSTER_MODULES else module))
+
 
 @pytest.fixture(autouse=True)
 def _float32_policy():
