@@ -60,12 +60,8 @@ def _export(args):
             print(f"TFLite {kind}: {out} ({len(flatbuffer) / 2**20:.1f} MiB)")
         if FLAGS.onnx:
             print(f"ONNX: {export.export_onnx(path, path.parent / f'alexnet_v{path.name}.onnx', record)}")
-    except (export.ExportError, ValueError) as e:
-        cli.error("alexnet-export", e)
-        return 1
     except (OSError, tf.errors.OpError) as e:  # the folder became unwritable, or the disk failed, mid-export
-        cli.error("alexnet-export", f"--export_dir={FLAGS.export_dir}: writing failed: {sources.reason(e)}")
-        return 1
+        return cli.fail("alexnet-export", e, f"--export_dir={FLAGS.export_dir}: writing failed: {sources.reason(e)}")
     return 0
 
 

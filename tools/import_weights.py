@@ -30,11 +30,7 @@ def _import(args):
     cli.start_tensorflow(FLAGS)
     from alexnet_tf import pretrained
 
-    try:
-        workdir = pretrained.import_weights(FLAGS.weights, FLAGS.workdir)
-    except pretrained.WeightsError as e:
-        cli.error("alexnet-import", e)
-        return 1
+    workdir = pretrained.import_weights(FLAGS.weights, FLAGS.workdir)  # errors: cli.EXIT_STATUS
     print(f"workdir: {workdir}")
     print(f"next: alexnet-export --workdir={workdir}, or alexnet-train --init_from={workdir} --dataset=...")
     return 0

@@ -84,9 +84,8 @@ def _predict(inputs):
         queries = _classify(predict, classifier, files, report, note)
         if FLAGS.neighbors:
             _neighbours(predict, classifier, queries, report)
-    except (predict.PredictError, OSError) as e:
-        cli.error("alexnet-predict", e)
-        return 2
+    except OSError as e:  # --features or --contact_sheet cannot be written: the flag's value is the problem
+        return cli.fail("alexnet-predict", e, f"{e}")
     return 1 if failures else 0
 
 

@@ -73,14 +73,13 @@ def _prepare(args):
         stats = statistics.dataset_statistics(source, FLAGS.data_dir)
         complete = prepared.prepare(source, FLAGS.output, FLAGS.format, statistics=stats, quality=FLAGS.quality,
                                     shard_size=FLAGS.shard_size, task=FLAGS.task, tasks=FLAGS.tasks)
-    except (sources.DatasetError, OSError, tf.errors.OpError) as e:
+    except (OSError, tf.errors.OpError) as e:
         if workdir.no_space(e):  # what is written is whole shards: a rerun resumes from them
-            e = (f"--output={FLAGS.output}: no space left on device; the shards written so far are kept: free space "
-                 f"and rerun the same command to resume")
-        elif isinstance(e, tf.errors.OpError):
-            e = f"--output={FLAGS.output}: {sources.reason(e)}"
-        cli.error("alexnet-prepare", e)
-        return 1
+            return cli.fail("alexnet-prepare", e, f"--output={FLAGS.output}: no space left on device; the shards "
+                                                  f"written so far are kept: free space and rerun the same command "
+                                                  f"to resume")
+        return cli.fail("alexnet-prepare", e, f"--output={FLAGS.output}: {sources.reason(e)}"
+                        if isinstance(e, tf.errors.OpError) else None)
     if complete:
         print(f"train from it with: alexnet-train --dataset=prepared:{FLAGS.output}")
     return 0
@@ -88,13 +87,9 @@ def _prepare(args):
 
 def _verify():
     cli.start_tensorflow(FLAGS)
-    from alexnet_tf import prepared, sources
+    from alexnet_tf import prepared
 
-    try:
-        problems = prepared.verify(FLAGS.output)
-    except sources.DatasetError as e:
-        cli.error("alexnet-prepare", e)
-        return 1
+    problems = prepared.verify(FLAGS.output)  # an unreadable folder: cli.EXIT_STATUS
     for line in problems:
         cli.error("alexnet-prepare", line)
     if problems:

@@ -46,17 +46,9 @@ def _study(args):
         return 2
 
     cli.start_tensorflow(FLAGS)
-    from alexnet_tf import study, training
-    from alexnet_tf.sources import DatasetError
+    from alexnet_tf import study
 
-    try:
-        rows = study.run_study(base, FLAGS.variants, root)
-    except (DatasetError, training.NonFiniteLoss) as e:
-        cli.error("alexnet-study", e)
-        return 1
-    except ValueError as e:
-        cli.error("alexnet-study", e)
-        return 2
+    rows = study.run_study(base, FLAGS.variants, root)  # errors and stops: cli.EXIT_STATUS
     print()
     print((Path(root) / "study.md").read_text())
     print(f"table: {root}/study.md\nplot: {root}/study.png\nTensorBoard: tensorboard --logdir {root}")
