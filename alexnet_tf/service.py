@@ -17,6 +17,7 @@ on the workers, file reads included) and read what the workers produce. Run them
 
 import errno
 import queue
+import re
 import socket
 import threading
 import time
@@ -130,8 +131,22 @@ def _watch(fetched, address, timeout, stopped, say, quiet_after):
                                    f"died, none is registered, or they cannot read the dataset's files)") from None
             continue
         if error is not None:
-            raise error
+            raise _from_worker(error, address) or error
         return batch
+
+
+def _from_worker(error, address):
+    """A ServiceError naming the data worker and what it could not do, if `error` (an OpError the service's
+    client raised) is a worker's failure; None otherwise. A worker that cannot read a file of the dataset (it
+    sees other paths than the trainer, or the file is gone) fails this way, naming the file."""
+    text = getattr(error, "message", "") or ""
+    found = re.search(r"Failed to get element from worker (\S+?): .*?Failed to get element: (.+?)(?: \[Op:|$)", text,
+                      re.S)
+    if found is None:
+        return None
+    worker, why = found.group(1), " ".join(found.group(2).split())
+    return ServiceError(f"data_service={address}: the data worker at {worker} failed: {why}; every data worker must "
+                        f"read the dataset at the path the trainer gives it")
 
 
 def distribute(dataset, address, job_name):

@@ -200,3 +200,36 @@ def test_a_hybrid_multi_worker_run_reads_through_the_service(tmp_path, shapes_fo
         for worker in workers:
             worker.stop()
         dispatcher.stop()
+
+
+def test_a_data_worker_that_cannot_read_a_file_ends_the_run_in_one_line_naming_both(tmp_path, shapes_folder,
+                                                                                     data_dir):
+    """Issue 32: a worker that cannot read the trainer's files (another machine's paths, a file gone) left the
+    trainer waiting in silence. Here the shard goes once the trainer has checked it is there: the worker's read
+    fails, and the trainer stops with the worker, the file and the checkpoint of the training so far."""
+    from alexnet_tf import data, prepared, statistics
+
+    source = data.load_dataset(f"folder:{shapes_folder}", str(data_dir), val_fraction=0.25, ordered=True)
+    prepared.prepare(source, tmp_path / "p", "raw256", statistics=statistics.dataset_statistics(source, str(data_dir)),
+                     shard_size=16, log=lambda *_: None, progress=False)
+    gone = sorted((tmp_path / "p").glob("prepared-train.tfrecord-*"))[0]
+    port = free_port()
+    servers = [_server("--dispatcher", f"--port={port}")]
+    servers.append(_server("--worker", f"--dispatcher_address=localhost:{port}"))
+
+    def log(line):
+        if line.startswith("memory:"):  # loaded and checked; the workers have not read anything yet
+            gone.unlink()
+
+    try:
+        config = tiny_config(tmp_path / "run", shapes_folder, data_dir, dataset=f"prepared:{tmp_path / 'p'}",
+                             steps=8, data_service=f"grpc://localhost:{port}", data_service_timeout=60)
+        with pytest.raises(service.ServiceError) as error:
+            training.train(config, log=log)
+    finally:
+        codes = [_stop(proc)[0] for proc in servers]
+    assert re.fullmatch(rf"data_service=grpc://localhost:{port}: the data worker at localhost:\d+ failed: {gone}; No "
+                        rf"such file or directory; every data worker must read the dataset at the path the trainer "
+                        rf"gives it; the last checkpoint is {tmp_path / 'run' / 'checkpoints' / 'ckpt-0'}",
+                        str(error.value)), str(error.value)
+    assert codes == [0, 0]
