@@ -278,6 +278,15 @@ def test_a_damaged_shard_met_while_training_is_one_line_naming_it_and_the_traini
         assert latest and f"the training so far is in {latest}" in proc.stderr
         if split == "validation":
             assert latest.endswith(f"ckpt-{at_step}")
+    # Issue 32: int8 export calibrates on the run's training images; a shard lost since was blamed on
+    # --export_dir. It names the shard, after the SavedModel (which needs no data) is written.
+    lost = sorted((tmp_path / "damaged_validation").glob("prepared-train.tfrecord-*"))[1]
+    lost.unlink()
+    proc = cli("export", f"--workdir={tmp_path / 'validation'}", f"--export_dir={tmp_path / 'export'}", "--tflite=int8")
+    assert proc.returncode == 1 and (tmp_path / "export" / "1" / "saved_model.pb").exists()
+    assert proc.stderr.strip() == (f"alexnet-export: error: --tflite=int8 calibrates on training images of the model's "
+                                   f"dataset, which cannot be read here: dataset=prepared:{lost.parent}: shard {lost} "
+                                   f"is missing; copy the whole folder again, or prepare it again into a new --output")
 
 
 def test_verify_reads_a_prepared_folder_back_and_names_each_damaged_short_or_missing_shard(tmp_path, shapes_folder,
