@@ -18,17 +18,63 @@ FINETUNE_LAYERS = (("fc6", "fc7", "fc8"), ("fc8",))
 PRECISIONS = (("mixed_bfloat16", False), ("mixed_float16", False), ("float32", True), ("mixed_bfloat16", True))
 
 
-def measure(sections, *, forward_batches=(1, 128), train_batches=(32, 128, 256), repeats=5, warmup=2, jpegs=512,
-            dataset=None, data_dir=None, workdir=None, profile_dir=None, log=print):
-    """Runs each of `sections` (names from SECTIONS); returns {"machine", <section>: ..., "targets"}."""
+# The sections measured together, each group in a fresh process: the train step needs the matmul ceiling it is
+# judged against, and the end-to-end runs the datasets the pipeline section prepares.
+GROUPS = (("forward",), ("matmul", "train"), ("precision",), ("finetune",), ("pipeline", "e2e"), ("inference",),
+          ("serving",), ("memory",), ("profile",))
+
+
+def measure(sections, *, log=print, **options):
+    """Runs each of `sections` (names from SECTIONS) with `options` (those of `_measure_here`), each group of
+    GROUPS in a fresh process; returns {"machine", <section>: ..., "skipped": [...], "targets"}.
+
+    A process of its own for each: a paper-model train step timed in a process keeps 0.5-0.7 GB that TensorFlow
+    does not give back when the step is dropped (measured on host F: RSS 1.58, 2.05, 2.76 GiB after three built,
+    called and deleted), and the whole benchmark in one process reached 18.4 GB and was OOM-killed on a 24 GiB
+    machine during the serving section (host F, issue 32)."""
+    results = {"machine": probes.machine()}
+    for group in GROUPS:
+        wanted = [s for s in group if s in sections]
+        if wanted:
+            for key, value in _in_a_child(wanted, options, log).items():
+                results[key] = results.get(key, []) + value if key == "skipped" else value
+    results["targets"] = targets.check_targets(results)
+    return results
+
+
+def _in_a_child(sections, options, log):
+    """`_measure_here(sections, **options)` in a fresh process (`python -m alexnet_tf.bench.sections`), its log
+    lines passed on as they come; its results."""
+    child = subprocess.Popen([sys.executable, "-m", "alexnet_tf.bench.sections",
+                              json.dumps({"sections": sections, **options})],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[2],
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    lines = []
+    for line in child.stdout:
+        if line.startswith(_LOG):
+            log(line[len(_LOG):].rstrip("\n"))
+        else:
+            lines.append(line)
+    err = child.stderr.read()
+    if child.wait() != 0 or not lines:
+        raise RuntimeError(f"the {','.join(sections)} section(s) failed (exit {child.returncode}): "
+                           f"{err.strip()[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def _measure_here(sections, *, forward_batches=(1, 128), train_batches=(32, 128, 256), repeats=5, warmup=2,
+                  jpegs=512, dataset=None, data_dir=None, workdir=None, profile_dir=None, log=print):
+    """Runs each of `sections` in this process; returns {<section>: ..., "skipped": [...]}."""
     from alexnet_tf.model import build_alexnet
 
     r, w = repeats, warmup
-    results = {"machine": probes.machine()}
+    results = {}
     if "forward" in sections:
         model = build_alexnet(seed=0)
         results["forward"] = [train.forward_pass(model, b, warmup=w, repeats=r) for b in forward_batches]
     if "matmul" in sections or "train" in sections:
+        log("timing the fp32 matmul ceiling")
         results["matmul"] = probes.matmul_ceiling(warmup=w, repeats=r)
     if "train" in sections:
         results["train"] = []
@@ -49,7 +95,7 @@ def measure(sections, *, forward_batches=(1, 128), train_batches=(32, 128, 256),
         log("timing fine-tuning steps")
         results["finetune"] = train.fine_tuning(FINETUNE_LAYERS, warmup=w, repeats=r)
     if "pipeline" in sections or "e2e" in sections:
-        results.update(_input_in_a_child(sections, jpegs, dataset, data_dir, max(10, r), log))
+        results.update(_input(sections, jpegs, dataset, data_dir, max(10, r), log))
     if "inference" in sections:
         results["inference"] = serving.inference_models(workdir, repeats=r, warmup=w, log=log)
     if "serving" in sections:
@@ -63,31 +109,7 @@ def measure(sections, *, forward_batches=(1, 128), train_batches=(32, 128, 256),
     if "profile" in sections:
         log(f"profiling the fp32 train step at batch 128 into {profile_dir}")
         results["profile"] = profile.profile(profile_dir)
-    results["targets"] = targets.check_targets(results)
     return results
-
-
-def _input_in_a_child(sections, jpegs, dataset, data_dir, steps, log):
-    """`_input` in a fresh process (`python -m alexnet_tf.bench.sections` is the child), its log lines passed on
-    as they come. Each paper-model train step timed in a process keeps 0.5-0.7 GB that TensorFlow does not give
-    back when the step is dropped (measured on host F: RSS 1.58, 2.05, 2.76 GiB after three built, called and
-    deleted), and these sections time eight; in the benchmark's own process they took it past 19 GB."""
-    spec = {"sections": [s for s in sections if s in ("pipeline", "e2e")], "jpegs": jpegs, "dataset": dataset,
-            "data_dir": data_dir, "steps": steps}
-    child = subprocess.Popen([sys.executable, "-m", "alexnet_tf.bench.sections", json.dumps(spec)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             cwd=Path(__file__).resolve().parents[2],
-                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    lines = []
-    for line in child.stdout:
-        if line.startswith(_LOG):
-            log(line[len(_LOG):].rstrip("\n"))
-        else:
-            lines.append(line)
-    err = child.stderr.read()
-    if child.wait() != 0 or not lines:
-        raise RuntimeError(f"the input sections failed (exit {child.returncode}): {err.strip()[-2000:]}")
-    return json.loads(lines[-1])
 
 
 _LOG = "log: "  # the child's log lines on its stdout; its last other line is the results
@@ -124,4 +146,4 @@ def _input(sections, jpegs, dataset, data_dir, steps, log):
 
 
 if __name__ == "__main__":
-    print(json.dumps(_input(**json.loads(sys.argv[1]), log=lambda line: print(f"{_LOG}{line}", flush=True))))
+    print(json.dumps(_measure_here(**json.loads(sys.argv[1]), log=lambda line: print(f"{_LOG}{line}", flush=True))))
