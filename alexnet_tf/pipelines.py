@@ -45,10 +45,12 @@ def _shuffled_squares(source, batch_size, size, *, shuffle_buffer, seed):
             tf.data.TFRecordDataset, cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE)
         batches = records.shuffle(shuffle_buffer, seed=seed).repeat().batch(batch_size, drop_remainder=True)
         return batches.map(lambda serialized: _sized(*source.parse(serialized), size), num_parallel_calls=AUTOTUNE)
-    ds = source.train.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = source.train.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(lambda image, label: (source.square(image, size), label), num_parallel_calls=AUTOTUNE)
-    # A file that breaks after the scan must not end a long run; TF logs it.
-    return ds.ignore_errors(log_warning=True).batch(batch_size, drop_remainder=True)
+    # A file that breaks after the scan must not end a long run; TF logs it. Skipped within each epoch, before
+    # `repeat`: an epoch of which no file can be read (every file gone, or a data worker that sees other paths)
+    # is empty, and `repeat` ends on an empty epoch, where after it the skipping went on for ever (issue 32).
+    return ds.ignore_errors(log_warning=True).repeat().batch(batch_size, drop_remainder=True)
 
 
 def eval_pipeline(source, split="validation", *, batch_size, size=preprocessing.RESIZE, count=None):

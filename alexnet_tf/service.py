@@ -89,10 +89,10 @@ def wait_for(address, timeout, what="data_service"):
     return time.monotonic() - started
 
 
-def watched(iterator, address, *, timeout, stopped, say, quiet_after=10.0):
+def watched(iterator, address, *, timeout, stopped, say, reads="the dataset", quiet_after=10.0):
     """The batches of `iterator` (a dataset the service at `address` produces), each without waiting for ever:
     says once (`say`) when nothing came for `quiet_after` s, raises ServiceError after `timeout` s, and yields
-    None as soon as `stopped()` (a signal arrived). The service's own client waits for ever for a worker that
+    None as soon as `stopped()` (a signal arrived). `reads`: what the workers read, to name it. The service's own client waits for ever for a worker that
     died or cannot read its input (issue 32), so one fetching thread waits for it and this one keeps watch."""
     wanted, fetched = queue.SimpleQueue(), queue.SimpleQueue()
 
@@ -100,6 +100,8 @@ def watched(iterator, address, *, timeout, stopped, say, quiet_after=10.0):
         while wanted.get():
             try:
                 fetched.put((next(iterator), None))
+            except StopIteration:  # the input ended (it never does, unless no image could be read)
+                fetched.put((_END, None))
             except BaseException as e:  # noqa: BLE001  handed to the caller
                 fetched.put((None, e))
 
@@ -108,12 +110,18 @@ def watched(iterator, address, *, timeout, stopped, say, quiet_after=10.0):
     try:
         while True:
             wanted.put(True)
-            yield _watch(fetched, address, timeout, stopped, say, quiet_after)
+            batch = _watch(fetched, address, timeout, stopped, say, reads, quiet_after)
+            if batch is _END:
+                return
+            yield batch
     finally:
         wanted.put(False)
 
 
-def _watch(fetched, address, timeout, stopped, say, quiet_after):
+_END = object()  # what the fetching thread hands over when the input ended
+
+
+def _watch(fetched, address, timeout, stopped, say, reads, quiet_after):
     started, said = time.monotonic(), False
     while True:
         try:
@@ -124,11 +132,12 @@ def _watch(fetched, address, timeout, stopped, say, quiet_after):
             waited = time.monotonic() - started
             if not said and waited >= min(quiet_after, timeout / 2):
                 say(f"no batch from the tf.data service at {address} for {waited:.0f} s: are its workers running "
-                    f"and can they read the dataset? (waiting up to --data_service_timeout={timeout:g} s)")
+                    f"and can they read {reads}? (waiting up to --data_service_timeout={timeout:g} s)")
                 said = True
             if waited >= timeout:
                 raise ServiceError(f"data_service={address}: no batch from its workers for {timeout:g} s (a worker "
-                                   f"died, none is registered, or they cannot read the dataset's files)") from None
+                                   f"died, none is registered, or they cannot read {reads}, which every worker "
+                                   f"must see at that path)") from None
             continue
         if error is not None:
             raise _from_worker(error, address) or error

@@ -112,7 +112,7 @@ def _set_up(config, strategy, chief, log, guard):
     augment, views = augmentation.for_run(config, stats, step=state.step, colour_noise_until=(
         calendar.colour_noise_until(steps_per_epoch) if hasattr(calendar, "colour_noise_until") else None))
     return Run(config=config, state=state, strategy=strategy, chief=chief, manager=manager, scratch=scratch,
-               train_iter=_batches(config, strategy, train_ds, guard, log),
+               train_iter=_batches(config, strategy, train_ds, source.name, guard, log),
                train_step=steps.make_train_step(state.model, state.optimizer, global_batch_size=config.batch_size,
                                                 strategy=strategy, jit=config.jit, mirrored=not config.hybrid,
                                                 augment=augment),
@@ -121,13 +121,13 @@ def _set_up(config, strategy, chief, log, guard):
                total_steps=total_steps, estimated_peak=estimated_peak, log=log, records=source.records)
 
 
-def _batches(config, strategy, train_ds, guard, log):
+def _batches(config, strategy, train_ds, reads, guard, log):
     """The training batches, watched for a tf.data service that sends nothing (`service.watched`)."""
     batches = iter(strategy.experimental_distribute_dataset(train_ds))
     if not config.data_service:
         return batches
     return service.watched(batches, config.data_service, timeout=config.data_service_timeout,
-                           stopped=guard.stopping, say=lambda line: log(f"\n{line}"))
+                           stopped=guard.stopping, say=lambda line: log(f"\n{line}"), reads=reads)
 
 
 def _check_memory(config, model, strategy, log):
@@ -311,10 +311,22 @@ def _checkpoint(run):
 
 def _next_batch(run):
     """The next training batch; None if a signal arrived while the tf.data service sent nothing. A service that
-    sends nothing for --data_service_timeout seconds ends the run in one line, the training so far kept."""
+    sends nothing for --data_service_timeout seconds, or input of which no image can be read any more, ends the
+    run in one line, the training so far kept."""
     try:
         return next(run.train_iter)
     except service.ServiceError as e:
-        if run.config.strategy != "multi_worker":  # a save is a collective there: the peers are not saving
-            _checkpoint(run)
-        raise service.ServiceError(f"{e}; the last checkpoint is {run.manager.latest_checkpoint}") from None
+        raise service.ServiceError(f"{e}; the last checkpoint is {_checkpoint_so_far(run)}") from None
+    except (StopIteration, tf.errors.OutOfRangeError):  # every file failed: the pipeline skips them (pipelines)
+        where = (f"data_service={run.config.data_service}: its workers could read no image of {run.config.dataset}; "
+                 f"every data worker must see it at that path" if run.config.data_service else
+                 f"dataset={run.config.dataset}: no training image can be read any more (every file failed since "
+                 f"the scan at start-up)")
+        error = service.ServiceError if run.config.data_service else sources.DatasetError
+        raise error(f"{where}; the last checkpoint is {_checkpoint_so_far(run)}") from None
+
+
+def _checkpoint_so_far(run):
+    if run.config.strategy != "multi_worker":  # a save is a collective there: the peers are not saving
+        _checkpoint(run)
+    return run.manager.latest_checkpoint

@@ -257,3 +257,47 @@ def test_embedded_dataset_is_generated_offline_as_jpeg(shapes_dir):
     for i in range(shapes.NUM_EXAMPLES["validation"]):
         pixels, want_label = shapes_render.render("validation", i)
         assert stored[tf.image.encode_jpeg(pixels).numpy()] == want_label
+
+
+def test_files_that_break_after_the_scan_are_skipped_and_when_none_can_be_read_the_run_says_so(tmp_path, shapes_folder):
+    """Issue 32: the training stream skips a file that breaks after the scan (a long run must not end for one),
+    but skipped them for ever when none could be read any more (every file gone, a data worker that sees other
+    paths): a trainer waiting in silence at 100% CPU. Skipped within each epoch, an unreadable epoch is empty,
+    and the stream ends; the trainer says so in one line, the training so far kept."""
+    import shutil
+    import threading
+    import time
+
+    from alexnet_tf import training
+    from helpers import tiny_config
+
+    folder = tmp_path / "folder"
+    shutil.copytree(shapes_folder, folder)
+    source = data.load_dataset(f"folder:{folder}", str(tmp_path / "data"), val_fraction=0.25)
+    files = sorted(folder.rglob("*.jpg"))
+    for f in files[::2]:
+        f.write_bytes(b"not a jpeg any more")  # half: skipped, the stream goes on
+    stream = pipelines.train_pipeline(source, batch_size=8, size=76, crop=67, seed=0, shuffle_buffer=64,
+                                      deterministic=True, distribute=None)
+    assert next(iter(stream))[0].shape == (8, 76, 76, 3)
+    for f in files:
+        f.write_bytes(b"not a jpeg any more")  # all: the stream ends (in a thread: before, it never did)
+    ended = []
+    threading.Thread(target=lambda: ended.append(next(iter(stream), "ended")), daemon=True).start()
+    deadline = time.monotonic() + 60
+    while not ended and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ended == ["ended"], "a stream of which no file can be read went on skipping them for 60 s"
+
+    def log(line):  # once the run has scanned the folder and computed its statistics: every file breaks
+        if line.startswith("stored statistics in"):
+            for f in files:
+                f.write_bytes(b"not a jpeg any more")
+
+    shutil.rmtree(folder)
+    shutil.copytree(shapes_folder, folder)
+    with pytest.raises(DatasetError) as error:
+        training.train(tiny_config(tmp_path / "run", folder, tmp_path / "data2", steps=4), log=log)
+    assert str(error.value) == (f"dataset=folder:{folder}: no training image can be read any more (every file "
+                                f"failed since the scan at start-up); the last checkpoint is "
+                                f"{tmp_path / 'run' / 'checkpoints' / 'ckpt-0'}")

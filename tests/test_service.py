@@ -162,8 +162,9 @@ def test_a_service_that_sends_nothing_is_said_then_ends_the_run_and_sigterm_is_h
     lines = [line for line in err_a.splitlines() if line.strip() and not re.match(r"^[IWEF]\d{4} |WARNING: All", line)]
     assert len(lines) == 1 and "Traceback" not in err_a, err_a
     assert lines[0] == (f"alexnet-train: error: --data_service=grpc://localhost:{port}: no batch from its workers for "
-                        f"6 s (a worker died, none is registered, or they cannot read the dataset's files); the last "
-                        f"checkpoint is {tmp_path / 'a' / 'checkpoints' / 'ckpt-0'}")
+                        f"6 s (a worker died, none is registered, or they cannot read folder:{shapes_folder}, which "
+                        f"every worker must see at that path); the last checkpoint is "
+                        f"{tmp_path / 'a' / 'checkpoints' / 'ckpt-0'}")
     assert waiting.returncode == 143, err_b
     assert (f"alexnet-train: stopped by SIGTERM at step 0: checkpoint written "
             f"({tmp_path / 'b' / 'checkpoints' / 'ckpt-0'}); rerun the same command to resume") in err_b
