@@ -174,3 +174,19 @@ def test_float16_is_skipped_with_a_reason_on_a_cpu_that_would_emulate_it(capsys)
     report.print_table({"machine": {"cpu": "x", "cores": 2, "gpus": 0, "tensorflow": "2"},
                         "skipped": [{"measurement": "the train step in mixed_float16 at batch 128", "why": "slow"}]})
     assert "skipped: the train step in mixed_float16 at batch 128: slow" in capsys.readouterr().out
+
+
+def test_each_group_of_sections_runs_in_a_process_of_its_own_and_passes_its_lines_on(monkeypatch):
+    """Issue 32: the whole benchmark in one process reached 18.4 GB and was OOM-killed (every timed paper-model
+    step keeps memory TensorFlow does not give back). Each group of sections now runs in a child process; its
+    results and progress lines come back to the parent."""
+    from alexnet_tf.bench import sections
+
+    def here(*args, **kwargs):
+        raise AssertionError("measured in the benchmark's own process")
+
+    monkeypatch.setattr(sections, "_measure_here", here)  # the child imports its own, untouched
+    lines = []
+    results = sections.measure(["matmul"], repeats=1, warmup=1, log=lines.append)
+    assert lines == ["timing the fp32 matmul ceiling"]
+    assert results["matmul"]["gflops"] > 0 and results["machine"] and "targets" in results
