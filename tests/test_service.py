@@ -234,3 +234,42 @@ def test_a_data_worker_that_cannot_read_a_file_ends_the_run_in_one_line_naming_b
                         rf"gives it; the last checkpoint is {tmp_path / 'run' / 'checkpoints' / 'ckpt-0'}",
                         str(error.value)), str(error.value)
     assert codes == [0, 0]
+
+
+def test_a_data_worker_skipping_files_it_cannot_read_still_stops_on_sigterm(tmp_path, shapes_folder):
+    """Issue 32: a worker whose input had gone skipped its files for ever, and ignored SIGTERM for good: its
+    server's stop() hung holding Python's interpreter lock, so not even the thread meant to bound it could run.
+    It now stops (or is ended) within STOP_WITHIN seconds."""
+    import shutil
+    import subprocess
+
+    from alexnet_tf import data, statistics
+
+    folder = tmp_path / "folder"
+    shutil.copytree(shapes_folder, folder)
+    statistics.dataset_statistics(data.load_dataset(f"folder:{folder}", str(tmp_path / "data"), val_fraction=0.25),
+                                  str(tmp_path / "data"), log=lambda *_: None)  # stored: the run reads no file for them
+    port = free_port()
+    dispatcher = _server("--dispatcher", f"--port={port}")
+    worker = _server("--worker", f"--dispatcher_address=localhost:{port}")
+
+    def log(line):
+        if line.startswith("memory:"):  # scanned; the worker has read nothing yet
+            for f in folder.rglob("*.jpg"):
+                f.unlink()
+
+    try:
+        with pytest.raises(service.ServiceError, match="no batch from its workers for 5 s"):
+            training.train(tiny_config(tmp_path / "run", folder, tmp_path / "data", steps=4,
+                                       data_service=f"grpc://localhost:{port}", data_service_timeout=5), log=log)
+        worker.send_signal(signal.SIGTERM)
+        try:
+            out, _ = worker.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            raise AssertionError("the data worker ignored SIGTERM for 30 s") from None
+        assert "stopping (at most 5 s)" in out
+    finally:
+        _stop(dispatcher)
+        if worker.poll() is None:
+            worker.kill()

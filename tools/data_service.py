@@ -11,6 +11,7 @@ sees. The service has no authentication and no encryption: run it on a private n
 It serves until SIGTERM or Ctrl-C.
 """
 
+import faulthandler
 import os
 import sys
 import threading
@@ -82,16 +83,25 @@ def _serve(name, stop):
                   f"dispatcher at {address}", flush=True)
         while not stop.wait(1.0):
             pass
-        # A worker's stop() was measured to hang after a job, and a worker whose input failed to spin on:
-        # a signal ends the process whatever its threads are doing (issue 32).
-        stopping = threading.Thread(target=server.stop, daemon=True)
-        stopping.start()
-        stopping.join(STOP_WITHIN)
-        print("stopped" if not stopping.is_alive() else f"stopped (the server did not finish within {STOP_WITHIN} s)",
-              flush=True)
+        _stop(server)
     except service.ServiceError as e:
         return cli.fail(name, e)
     return 0
+
+
+def _stop(server):
+    """Stops `server` within STOP_WITHIN s. A worker's stop() was measured to hang (after a job; while its input
+    skips files it cannot read) holding Python's interpreter lock, so that no other thread of this process can run
+    meanwhile, and SIGTERM was ignored for good (issue 32). faulthandler's timer is a C thread that needs no lock:
+    it ends the process (exit status 1) if stop() has not returned by then."""
+    print(f"stopping (at most {STOP_WITHIN} s)", flush=True)
+    with open(os.devnull, "w") as nowhere:
+        faulthandler.dump_traceback_later(STOP_WITHIN, exit=True, file=nowhere)
+        try:
+            server.stop()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+    print("stopped", flush=True)
 
 
 def run():
