@@ -125,8 +125,6 @@ def next_version(export_dir):
     return max(existing, default=0) + 1
 
 
-
-
 def remove_abandoned(export_dir, log=print):
     """Removes the `N.partial` folders of exports that were killed (their process is gone), saying so."""
     for partial in sorted(p for p in Path(export_dir).glob("*.partial") if p.is_dir()):

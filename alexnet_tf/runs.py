@@ -79,7 +79,6 @@ def resume_conflicts(config, recorded):
                         if getattr(recorded.model, f) != getattr(config.model, f)]
 
 
-
 @dataclasses.dataclass
 class RunRecord:
     """What a workdir's config.json holds: the run's settings, what its data turned out to be (the number of

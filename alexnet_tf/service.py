@@ -92,8 +92,9 @@ def wait_for(address, timeout, what="data_service"):
 def watched(iterator, address, *, timeout, stopped, say, reads="the dataset", quiet_after=10.0):
     """The batches of `iterator` (a dataset the service at `address` produces), each without waiting for ever:
     says once (`say`) when nothing came for `quiet_after` s, raises ServiceError after `timeout` s, and yields
-    None as soon as `stopped()` (a signal arrived). `reads`: what the workers read, to name it. The service's own client waits for ever for a worker that
-    died or cannot read its input (issue 32), so one fetching thread waits for it and this one keeps watch."""
+    None as soon as `stopped()` (a signal arrived); `reads` names what the workers read. The service's own client
+    waits for ever for a worker that died or cannot read its input (issue 32), so one fetching thread waits for
+    it and this one keeps watch."""
     wanted, fetched = queue.SimpleQueue(), queue.SimpleQueue()
 
     def fetch():

@@ -46,7 +46,6 @@ def build_state(config, model_config, strategy, run_epochs=None):
     return TrainState(model, optimizer, step, schedule, checkpoint)
 
 
-
 def resume_or_initialize(config, state, strategy, chief, scratch, log):
     """Resumes from the newest checkpoint that restores completely (corrupt ones set aside, each said in one
     line), or, in a fresh workdir, initializes from `init_from`. Resuming wins: a fine-tuning run never

@@ -17,7 +17,6 @@ import shutil
 from pathlib import Path
 
 
-
 class WorkdirError(ValueError):
     """A workdir, or a file in it, that cannot be used; the message names it (as `flag=path`) and says why."""
 
