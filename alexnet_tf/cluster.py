@@ -47,6 +47,7 @@ def make_strategy(config, log=print, guard=None):
     """The strategy of `config.strategy`. A multi-worker one waits for its peers first (`guard`: the run's
     `shutdown.Guard`, whose phases that wait goes through)."""
     check_tf_config(config.strategy, log)
+    guard = guard or shutdown.Guard()
     if config.strategy == "mirrored":
         return tf.distribute.MirroredStrategy()
     if config.strategy != "multi_worker":
@@ -55,7 +56,7 @@ def make_strategy(config, log=print, guard=None):
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS)
     if not config.hybrid:
         return _when_peers_answer(lambda: tf.distribute.MultiWorkerMirroredStrategy(communication_options=options),
-                                  config.cluster_timeout, guard or shutdown.Guard(), log)
+                                  config.cluster_timeout, guard, log)
     # One replica per worker, on its first GPU (or the CPU): the strategy makes one replica per GPU it is
     # told of, and a resolver other than TFConfigClusterResolver is asked how many there are. The
     # replica's towers then run on the devices `tower_devices` names (`build_state`).
@@ -65,8 +66,7 @@ def make_strategy(config, log=print, guard=None):
         rpc_layer=tf_config.rpc_layer or "grpc",
         num_accelerators={"GPU": 1} if tf.config.list_physical_devices("GPU") else {})
     return _when_peers_answer(lambda: tf.distribute.MultiWorkerMirroredStrategy(
-        cluster_resolver=resolver, communication_options=options), config.cluster_timeout, guard or shutdown.Guard(),
-        log)
+        cluster_resolver=resolver, communication_options=options), config.cluster_timeout, guard, log)
 
 
 def _when_peers_answer(build, timeout, guard, log):

@@ -205,15 +205,14 @@ def _reported_in_one_line(run):
 def _damaged(run, error):
     """A damaged file of the dataset met while training or evaluating (issue 32), as one line naming it (found
     by reading the dataset's files again) and the checkpoint of the training so far, written first."""
-    _checkpoint(run)  # the step finished: a consistent state
+    checkpoint = _checkpoint_so_far(run)  # the step finished: a consistent state
     # Validation first: it is small, and an evaluation is where a damaged shard is met first; the training
     # split (262 GB of raw256 for ImageNet) is read only if the validation files are whole.
     records = run.records or {}
     found = shards.find_damaged([p for split in ("validation", "train") for p in records.get(split, [])])
     where, why = found or (f"a file of {run.config.dataset}", sources.reason(error))
-    return sources.DatasetError(f"{where}: damaged ({why}); the training so far is in "
-                                f"{run.manager.latest_checkpoint}. Copy or prepare the dataset again, then rerun "
-                                f"the same command to resume")
+    return sources.DatasetError(f"{where}: damaged ({why}); the training so far is in {checkpoint}. Copy or "
+                                f"prepare the dataset again, then rerun the same command to resume")
 
 
 def _result(run, last_eval):
@@ -274,7 +273,6 @@ def _loop(run, guard):
                                    verbose=1 if run.chief else 0, unit_name="step")
     progress.update(run.start)
     rate, last_eval, s = metrics.Rate(), None, run.start
-    run.window = metrics.Window()
     while s < run.total_steps:
         # The rate of the step to come, from the s steps taken so far.
         if run.state.schedule.after_step(learning_rate, s, s / run.steps_per_epoch):
@@ -327,6 +325,7 @@ def _next_batch(run):
 
 
 def _checkpoint_so_far(run):
+    """The checkpoint of the training so far, written here unless this is one worker of a cluster."""
     if run.config.strategy != "multi_worker":  # a save is a collective there: the peers are not saving
         _checkpoint(run)
     return run.manager.latest_checkpoint

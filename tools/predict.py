@@ -67,25 +67,23 @@ def _predict(inputs):
         print(f"alexnet-predict: error: {message}", file=sys.stderr)
 
     note = (lambda text: print(text, file=sys.stderr)) if FLAGS.json else print
-    try:
-        classifier = predict.Classifier(FLAGS.model)
-        if (FLAGS.features or FLAGS.neighbors) and not classifier.has_features:
-            raise predict.PredictError(f"model={FLAGS.model}: fc7 features (--features, --neighbors) need the "
-                                       f"SavedModel; the TFLite models output class scores only")
-        files = predict.list_images(inputs)
-        if not files:
-            cli.error("alexnet-predict", f"no images found under {', '.join(inputs)}")
-            return 1
-        for flag, output in (("features", FLAGS.features), ("contact_sheet", FLAGS.contact_sheet)):
-            if output and Path(output).is_dir():
-                raise predict.PredictError(f"{flag}={output}: is a folder; give the file to write")
-            if output:  # into a folder that does not exist yet: create it
-                Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        queries = _classify(predict, classifier, files, report, note)
-        if FLAGS.neighbors:
-            _neighbours(predict, classifier, queries, report)
-    except OSError as e:  # --features or --contact_sheet cannot be written: the flag's value is the problem
-        return cli.fail("alexnet-predict", e, f"{e}")
+    # PredictError (2), an output that cannot be written (OSError, 1): cli.EXIT_STATUS.
+    classifier = predict.Classifier(FLAGS.model)
+    if (FLAGS.features or FLAGS.neighbors) and not classifier.has_features:
+        raise predict.PredictError(f"model={FLAGS.model}: fc7 features (--features, --neighbors) need the "
+                                   f"SavedModel; the TFLite models output class scores only")
+    files = predict.list_images(inputs)
+    if not files:
+        cli.error("alexnet-predict", f"no images found under {', '.join(inputs)}")
+        return 1
+    for flag, output in (("features", FLAGS.features), ("contact_sheet", FLAGS.contact_sheet)):
+        if output and Path(output).is_dir():
+            raise predict.PredictError(f"{flag}={output}: is a folder; give the file to write")
+        if output:  # into a folder that does not exist yet: create it
+            Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    queries = _classify(predict, classifier, files, report, note)
+    if FLAGS.neighbors:
+        _neighbours(predict, classifier, queries, report)
     return 1 if failures else 0
 
 

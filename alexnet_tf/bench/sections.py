@@ -44,20 +44,24 @@ def measure(sections, *, log=print, **options):
 
 def _in_a_child(sections, options, log):
     """`_measure_here(sections, **options)` in a fresh process (`python -m alexnet_tf.bench.sections`), its log
-    lines passed on as they come; its results."""
-    child = subprocess.Popen([sys.executable, "-m", "alexnet_tf.bench.sections",
-                              json.dumps({"sections": sections, **options})],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             cwd=Path(__file__).resolve().parents[2],
-                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    lines = []
-    for line in child.stdout:
-        if line.startswith(_LOG):
-            log(line[len(_LOG):].rstrip("\n"))
-        else:
-            lines.append(line)
-    err = child.stderr.read()
-    if child.wait() != 0 or not lines:
+    lines passed on as they come; its results. Its stderr goes to a scratch file, not a pipe: the converters'
+    warnings would fill a pipe nobody reads while the child's stdout is followed, and stop the child."""
+    with tempfile.TemporaryFile("w+") as stderr:
+        child = subprocess.Popen([sys.executable, "-m", "alexnet_tf.bench.sections",
+                                  json.dumps({"sections": sections, **options})],
+                                 stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                 cwd=Path(__file__).resolve().parents[2],
+                                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        lines = []
+        for line in child.stdout:
+            if line.startswith(_LOG):
+                log(line[len(_LOG):].rstrip("\n"))
+            else:
+                lines.append(line)
+        child.wait()
+        stderr.seek(0)
+        err = stderr.read()
+    if child.returncode != 0 or not lines:
         raise RuntimeError(f"the {','.join(sections)} section(s) failed (exit {child.returncode}): "
                            f"{err.strip()[-2000:]}")
     return json.loads(lines[-1])
